@@ -1,0 +1,110 @@
+"""Wiring: settings -> lists -> resolver chain -> sockets; signals for stop and reload."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from .dns.cache import AnswerCache
+from .dns.pipeline import build_chain
+from .dns.server import DnsServer, parse_listen
+from .dns.steps.blocking import Blocking
+from .dns.steps.caching import Caching
+from .dns.steps.client_gate import ClientGate
+from .dns.steps.forwarding import Forwarding
+from .dns.steps.local_names import LocalNames
+from .dns.steps.special_queries import SpecialQueries
+from .dns.upstream import Forwarder
+from .lists import last_good, load_snapshot
+from .settings import Settings
+from .upstreams import choose_upstreams
+
+log = logging.getLogger("safenest")
+
+
+class Agent:
+    """One running SafeNest: built from settings, started, reloaded, stopped."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        s = settings
+        self.listen = [parse_listen(a) for a in s.dns]
+        self.upstreams = choose_upstreams(s.upstream, s.resolv_conf, self.listen)
+        self.cache = AnswerCache(
+            s.cache_max_entries, s.cache_max_bytes, s.cache_max_ttl, s.negative_max_ttl, s.serve_stale_seconds
+        )
+        self.forwarder = Forwarder(self.upstreams, s.upstream_timeout, s.query_timeout, s.upstream_recheck_seconds)
+        self.gate = ClientGate(s.allowed_clients, s.rate_limit_queries, s.rate_limit_seconds)
+        # Start from the lists compiled last time, if any, so DNS is filtering at once;
+        # the fresh compile runs in the background and is swapped in.
+        saved = last_good(s.data)
+        self.blocking = Blocking(saved or load_snapshot(s.blocklists_dir, s.data), s.block_mode, s.block_ttl)
+        self._need_compile = saved is not None
+        self.steps = build_chain(
+            self.gate,
+            LocalNames(s.local_names, s.local_addresses),
+            self.blocking,
+            SpecialQueries(),
+            Caching(self.cache),
+            Forwarding(self.forwarder),
+        )
+        self.server = DnsServer(
+            self.steps[0],
+            gate=self.gate,
+            udp_receive_buffer=s.udp_receive_buffer,
+            tcp_idle_timeout=s.tcp_idle_timeout,
+            tcp_max_connections=s.tcp_max_connections,
+        )
+        self._reloading: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        await self.server.start(self.listen)
+        for step in self.steps:
+            log.info("chain: %s", step.describe())
+        for proto, host, port in self.server.addresses:
+            log.info("serving DNS on %s %s", proto, f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        if self._need_compile:
+            self.reload()
+
+    def reload(self) -> None:
+        """Recompile the lists off the event loop and swap them in; queries keep being answered."""
+        if self._reloading is not None and not self._reloading.done():
+            log.info("a reload is already running")
+            return
+
+        async def run() -> None:
+            s = self.settings
+            snapshot = await asyncio.to_thread(load_snapshot, s.blocklists_dir, s.data)
+            if len(snapshot.index) or not len(self.blocking.snapshot.index):
+                self.blocking.swap(snapshot)
+                log.info("lists in force: %d names", len(snapshot.index))
+
+        self._reloading = asyncio.ensure_future(run())
+
+    async def stop(self) -> None:
+        if self._reloading is not None:
+            self._reloading.cancel()
+        self.server.close()
+
+
+async def serve(settings: Settings, ready: asyncio.Event | None = None) -> int:
+    """Run until SIGTERM or SIGINT (exit 0); SIGHUP recompiles the lists."""
+    agent = Agent(settings)
+    await agent.start()
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, agent.reload)
+    if ready is not None:
+        ready.set()
+    log.info("SafeNest is running")
+    try:
+        await stopping.wait()
+    finally:
+        log.info("stopping")
+        await agent.stop()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
+    return 0

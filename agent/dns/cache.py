@@ -1,0 +1,138 @@
+"""A cache of upstream answers kept as wire bytes.
+
+An entry is served by copying its bytes with the client's ID and question (so
+the client's letter case comes back to it) and TTLs counted down. The counted
+down copy is kept per whole second, so most hits only join three slices.
+Expired entries stay (within the LRU bounds) to be served stale when every
+upstream fails (RFC 8767).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+
+from .wire import CD, EDNS_UDP_SIZE, NOERROR, NXDOMAIN, RD, U16, U32, Query, ResponseInfo
+
+STALE_TTL = 30  # RFC 8767 recommends 30 s for stale answers
+
+
+def _footprint(entry: Entry) -> int:
+    # The answer and its counted-down copy, plus the entry, key and dict slot.
+    return 2 * len(entry.wire) + 320
+
+
+class Entry:
+    """One upstream answer, with what is needed to serve it to any client asking the same."""
+
+    __slots__ = ("wire", "ttls", "stored", "expires", "stale_until", "rdcd", "_age", "_aged")
+
+    def __init__(self, wire: bytes, info: ResponseInfo, ttl: int, stale_window: float, rdcd: int, now: float):
+        if info.opt_offset >= 0:
+            # Clients see our buffer size, not the upstream's.
+            patched = bytearray(wire)
+            U16.pack_into(patched, info.opt_offset, EDNS_UDP_SIZE)
+            wire = bytes(patched)
+        self.wire = wire
+        self.ttls = info.ttls
+        self.stored = now
+        self.expires = now + ttl
+        self.stale_until = self.expires + stale_window
+        self.rdcd = rdcd  # the RD and CD bits of the query that fetched it
+        self._age = 0
+        self._aged = wire
+
+    def serve(self, query: Query, now: float, stale: bool = False) -> bytes:
+        if stale:
+            body = self._with_ttls(lambda ttl: min(ttl, STALE_TTL) if ttl else 0)
+        else:
+            age = int(now - self.stored)
+            if age != self._age:
+                self._aged = self._with_ttls(lambda ttl: ttl - age if ttl > age else 0)
+                self._age = age
+            body = self._aged
+        flags = query.flags & (RD | CD)
+        if flags != self.rdcd:
+            # Echo the client's RD and CD bits (rare: nearly every client sets RD).
+            head = bytes((body[2] & 0xFE | flags >> 8, body[3] & 0xEF | flags & CD))
+            body = body[:2] + head + body[4:]
+        return U16.pack(query.id) + body[2:12] + query.question + body[query.question_end :]
+
+    def _with_ttls(self, new_ttl) -> bytes:
+        aged = bytearray(self.wire)
+        for offset, ttl in self.ttls:
+            U32.pack_into(aged, offset, new_ttl(ttl))
+        return bytes(aged)
+
+
+def cache_ttl(info: ResponseInfo, max_ttl: int, negative_max_ttl: int) -> int:
+    """How long an answer may be cached: 0 means not at all.
+
+    Positive answers live for their smallest TTL; negative ones (NXDOMAIN and
+    NODATA) for the SOA's TTL or minimum, whichever is smaller (RFC 2308), and are
+    not cached without an SOA. Anything else (SERVFAIL, REFUSED) is not cached.
+    """
+    if info.rcode == NOERROR and info.ancount:
+        return min(info.min_ttl or 0, max_ttl)
+    if info.rcode in (NOERROR, NXDOMAIN) and info.negative_ttl is not None:
+        return min(info.negative_ttl, negative_max_ttl)
+    return 0
+
+
+class AnswerCache:
+    """LRU bounded by entries and bytes; keys are Query.key."""
+
+    def __init__(self, max_entries: int, max_bytes: int, max_ttl: int, negative_max_ttl: int, stale_window: float):
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.max_ttl = max_ttl
+        self.negative_max_ttl = negative_max_ttl
+        self.stale_window = stale_window
+        self._entries: OrderedDict[tuple, Entry] = OrderedDict()
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self.stale_served = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def fresh(self, key: tuple, now: float) -> Entry | None:
+        entry = self._entries.get(key)
+        if entry is None or entry.expires <= now:
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return entry
+
+    def stale(self, key: tuple, now: float) -> Entry | None:
+        entry = self._entries.get(key)
+        if entry is None or entry.stale_until <= now:
+            return None
+        self.stale_served += 1
+        return entry
+
+    def entry_for(self, key: tuple, wire: bytes, info: ResponseInfo, rdcd: int, now: float | None = None) -> Entry:
+        """Wrap a fresh upstream answer as an Entry, and keep it if it may be cached."""
+        now = time.monotonic() if now is None else now
+        ttl = cache_ttl(info, self.max_ttl, self.negative_max_ttl)
+        entry = Entry(wire, info, ttl, self.stale_window, rdcd, now)
+        if ttl > 0 and self.max_entries and _footprint(entry) <= self.max_bytes:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self.bytes -= _footprint(old)
+            self._entries[key] = entry
+            self.bytes += _footprint(entry)
+            self._evict()
+        return entry
+
+    def _evict(self) -> None:
+        entries = self._entries
+        while len(entries) > self.max_entries or self.bytes > self.max_bytes:
+            _, old = entries.popitem(last=False)
+            self.bytes -= _footprint(old)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.bytes = 0

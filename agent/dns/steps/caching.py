@@ -1,0 +1,48 @@
+"""Answers from the cache; on a miss, keeps what the next link fetched; stale data when upstreams fail."""
+
+from __future__ import annotations
+
+import time
+
+from ...model import Answer, AnswerKind
+from ..cache import AnswerCache
+from ..wire import Query
+from .base import Result, Step, is_answer
+
+
+class Caching(Step):
+    def __init__(self, cache: AnswerCache):
+        self.cache = cache
+
+    def describe(self) -> str:
+        c = self.cache
+        return (
+            f"Caching: up to {c.max_entries} answers / {c.max_bytes // 1024} KiB, "
+            f"serve-stale for {c.stale_window:.0f} s"
+        )
+
+    def __call__(self, query: Query) -> Result:
+        now = time.monotonic()
+        entry = self.cache.fresh(query.key, now)
+        if entry is not None:
+            return Answer(entry.serve(query, now), AnswerKind.CACHED, "cache")
+        result = self.next(query)
+        if is_answer(result):
+            return self._after(query, result)
+        return self._after_fetch(query, result)
+
+    async def _after_fetch(self, query: Query, pending) -> Answer:
+        return self._after(query, await pending)
+
+    def _after(self, query: Query, answer: Answer) -> Answer:
+        fetched = getattr(answer, "fetched", None)
+        if fetched is not None:
+            data, info, rdcd = fetched
+            self.cache.entry_for(query.key, data, info, rdcd)
+            return answer
+        if answer.kind is AnswerKind.SERVFAIL:
+            now = time.monotonic()
+            entry = self.cache.stale(query.key, now)
+            if entry is not None:
+                return Answer(entry.serve(query, now, stale=True), AnswerKind.STALE, "stale: " + answer.reason)
+        return answer

@@ -1,0 +1,42 @@
+"""The last link: ask the upstreams. An outage is SERVFAIL, never NXDOMAIN."""
+
+from __future__ import annotations
+
+import time
+
+from ...model import Answer, AnswerKind
+from ..cache import Entry
+from ..upstream import Forwarder, UpstreamFailure
+from ..wire import CD, EDE_NETWORK_ERROR, RD, SERVFAIL, Query, ede_option, reply
+from .base import Step
+
+
+class Fetched(Answer):
+    """A forwarded answer that also carries the upstream's bytes, for the cache to keep."""
+
+    __slots__ = ("fetched",)
+
+
+class Forwarding(Step):
+    def __init__(self, forwarder: Forwarder):
+        self.forwarder = forwarder
+
+    def describe(self) -> str:
+        f = self.forwarder
+        return f"Forwarding: to {', '.join(map(str, f.upstreams))}; {f.timeout} s each, {f.query_timeout} s in all"
+
+    def __call__(self, query: Query):
+        return self._forward(query)
+
+    async def _forward(self, query: Query) -> Answer:
+        try:
+            data, info, upstream = await self.forwarder.resolve(query)
+        except UpstreamFailure as exc:
+            ede = ede_option(EDE_NETWORK_ERROR, "upstream unreachable")
+            return Answer(reply(query, SERVFAIL, ede=ede), AnswerKind.SERVFAIL, f"upstream: {exc}")
+        rdcd = RD | (query.flags & CD)
+        # An uncached Entry does the patching: ID, the client's letter case, RD/CD.
+        entry = Entry(data, info, 0, 0, rdcd, time.monotonic())
+        answer = Fetched(entry.serve(query, entry.stored), AnswerKind.FORWARDED, f"upstream {upstream}")
+        answer.fetched = (data, info, rdcd)
+        return answer

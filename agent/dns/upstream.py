@@ -1,0 +1,217 @@
+"""Asking the upstream resolvers.
+
+Each upstream query gets a fresh random ID and its own socket, so the kernel
+picks a fresh random source port; the socket is connected, so only the
+upstream's address can answer, and an answer counts only if its ID and question
+match (anything else is ignored as noise or spoofing). A truncated answer is
+asked again over TCP. An upstream that times out or refuses is skipped for a
+while and then tried again with real traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+
+from .wire import REFUSED, SERVFAIL, U16, Query, ResponseInfo, check_response, make_query
+
+log = logging.getLogger(__name__)
+
+
+class UpstreamFailure(Exception):
+    """No upstream gave a usable answer in time."""
+
+
+@dataclass(eq=False)
+class Upstream:
+    host: str
+    port: int = 53
+    failures: int = 0
+    down_until: float = 0.0
+    answered: int = 0
+    errors: int = 0
+    rtt: float = 0.0  # smoothed round-trip time in seconds
+
+    @property
+    def family(self) -> int:
+        return socket.AF_INET6 if ":" in self.host else socket.AF_INET
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def succeeded(self, rtt: float) -> None:
+        self.failures = 0
+        self.down_until = 0.0
+        self.answered += 1
+        self.rtt = rtt if not self.rtt else 0.8 * self.rtt + 0.2 * rtt
+
+    def failed(self, now: float, recheck: float) -> None:
+        self.failures += 1
+        self.errors += 1
+        if self.failures >= 2 or self.answered == 0:
+            if self.down_until <= now:
+                log.warning("upstream %s is not answering; skipping it for %.0f s", self, recheck)
+            self.down_until = now + recheck
+
+
+def parse_upstream(text: str) -> Upstream:
+    """'1.1.1.1', '1.1.1.1:5353', '::1', '[::1]:5353' -> Upstream; ValueError otherwise."""
+    text = text.strip()
+    port = 53
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            port = int(rest.lstrip(":"))
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+        port = int(port_text)
+    else:
+        host = text
+    ipaddress.ip_address(host)  # upstreams are addresses: resolving names would need DNS
+    if not 0 < port < 65536:
+        raise ValueError(f"bad port in {text!r}")
+    return Upstream(host, port)
+
+
+class Forwarder:
+    """Forwards queries to upstreams in order, failing over and coalescing identical ones."""
+
+    def __init__(self, upstreams: list[Upstream], timeout: float, query_timeout: float, recheck: float):
+        if not upstreams:
+            raise ValueError("at least one upstream is needed")
+        self.upstreams = upstreams
+        self.timeout = timeout
+        self.query_timeout = query_timeout
+        self.recheck = recheck
+        self.ignored_responses = 0  # wrong ID, question or garbage
+        self._inflight: dict[tuple, asyncio.Future] = {}
+
+    def candidates(self, now: float) -> list[Upstream]:
+        """Healthy upstreams in their configured order, then those resting (tried only if all else fails)."""
+        healthy = [u for u in self.upstreams if u.down_until <= now]
+        resting = sorted((u for u in self.upstreams if u.down_until > now), key=lambda u: u.down_until)
+        return healthy + resting
+
+    async def resolve(self, query: Query) -> tuple[bytes, ResponseInfo, Upstream]:
+        """The upstream's answer to `query`; identical queries in flight share one upstream exchange."""
+        key = query.key
+        pending = self._inflight.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._resolve(query))
+            self._inflight[key] = pending
+            pending.add_done_callback(lambda _: self._inflight.pop(key, None))
+        return await asyncio.shield(pending)
+
+    async def _resolve(self, query: Query) -> tuple[bytes, ResponseInfo, Upstream]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.query_timeout
+        question = query.question
+        order = self.candidates(time.monotonic())
+        # A single upstream gets a second try: one lost UDP packet should not fail a query.
+        attempts = order if len(order) > 1 else order * 2
+        problems = []
+        for upstream in attempts:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            ident = secrets.randbits(16)
+            packet = make_query(
+                ident, question, edns=query.edns_version >= 0, do=query.do, cd=bool(query.flags & 0x10)
+            )
+            started = loop.time()
+            try:
+                data, info = await _udp_exchange(upstream, packet, ident, question, min(self.timeout, remaining), self)
+                if info.truncated:
+                    data, info = await _tcp_exchange(
+                        upstream, packet, ident, question, max(0.1, min(self.timeout, deadline - loop.time()))
+                    )
+            except (TimeoutError, OSError, asyncio.IncompleteReadError, _BadAnswer) as exc:
+                upstream.failed(time.monotonic(), self.recheck)
+                problems.append(f"{upstream}: {_describe(exc)}")
+                continue
+            upstream.succeeded(loop.time() - started)
+            if info.rcode in (SERVFAIL, REFUSED):
+                # Alive, but it could not answer this one: another upstream may.
+                problems.append(f"{upstream}: rcode {info.rcode}")
+                continue
+            return data, info, upstream
+        raise UpstreamFailure("; ".join(problems) or "no upstream could be tried in time")
+
+
+class _BadAnswer(Exception):
+    pass
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    return str(exc) or type(exc).__name__
+
+
+async def _udp_exchange(
+    upstream: Upstream, packet: bytes, ident: int, question: bytes, timeout: float, counter: Forwarder
+) -> tuple[bytes, ResponseInfo]:
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(upstream.family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.connect(upstream.address)
+        done = loop.create_future()
+
+        def on_readable() -> None:
+            while not done.done():
+                try:
+                    data = sock.recv(65535)
+                except BlockingIOError:
+                    return
+                except OSError as exc:  # ICMP port unreachable and the like
+                    done.set_exception(exc)
+                    return
+                info = check_response(data, ident, question)
+                if info is None:
+                    counter.ignored_responses += 1
+                    continue
+                done.set_result((data, info))
+
+        fd = sock.fileno()
+        loop.add_reader(fd, on_readable)
+        timer = loop.call_later(timeout, lambda: done.done() or done.set_exception(TimeoutError()))
+        try:
+            sock.send(packet)
+            return await done
+        finally:
+            timer.cancel()
+            loop.remove_reader(fd)
+    finally:
+        sock.close()
+
+
+async def _tcp_exchange(
+    upstream: Upstream, packet: bytes, ident: int, question: bytes, timeout: float
+) -> tuple[bytes, ResponseInfo]:
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection(upstream.host, upstream.port)
+        try:
+            writer.write(U16.pack(len(packet)) + packet)
+            await writer.drain()
+            while True:
+                (length,) = U16.unpack(await reader.readexactly(2))
+                data = await reader.readexactly(length)
+                info = check_response(data, ident, question)
+                if info is not None and not info.truncated:
+                    return data, info
+                if info is not None:
+                    raise _BadAnswer("truncated answer over TCP")
+        finally:
+            writer.close()

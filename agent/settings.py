@@ -1,0 +1,266 @@
+"""The settings registry: every setting has a name, a default and help text.
+
+Values come from, lowest to highest precedence: the defaults here, a TOML file
+(`--config`), SAFENEST_<NAME> environment variables, then command-line flags.
+docs/settings.md documents each one; tests/test_settings.py fails when one is
+missing there.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "SAFENEST_"
+
+
+class SettingsError(ValueError):
+    """A setting has a value we cannot use; the message names the setting and the source."""
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _as_list(value: Any) -> list[str]:
+    if isinstance(value, list | tuple):
+        return [str(v).strip() for v in value if str(v).strip()]
+    # Environment variables carry lists as comma- or space-separated text.
+    return [part for part in str(value).replace(",", " ").split() if part]
+
+
+def _as_networks(value: Any) -> list[str]:
+    items = _as_list(value)
+    for item in items:
+        ipaddress.ip_network(item, strict=False)
+    return items
+
+
+def _as_positive_int(value: Any) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError(f"must not be negative, got {number}")
+    return number
+
+
+def _as_positive_float(value: Any) -> float:
+    number = float(value)
+    if number <= 0:
+        raise ValueError(f"must be greater than zero, got {number}")
+    return number
+
+
+def _one_of(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = str(value).strip().lower()
+        if text not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return text
+
+    return parse
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    help: str
+    parse: Callable[[Any], Any] = str
+    secret: bool = False
+
+
+LAN_RANGES = [
+    "127.0.0.0/8",  # loopback
+    "10.0.0.0/8",  # RFC 1918
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",  # carrier-grade NAT (RFC 6598)
+    "169.254.0.0/16",  # link-local
+    "::1/128",
+    "fc00::/7",  # unique local (ULA)
+    "fe80::/10",  # link-local
+]
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("data", "var", "Folder for SafeNest's databases and compiled lists.", str),
+    Setting(
+        "dns",
+        ["0.0.0.0:53", "[::]:53"],
+        "Addresses to serve DNS on, UDP and TCP, as ADDR:PORT ([ADDR]:PORT for IPv6).",
+        _as_list,
+    ),
+    Setting(
+        "upstream",
+        [],
+        "Upstream resolvers as ADDR[:PORT]. Empty: the nameservers in /etc/resolv.conf, never SafeNest itself.",
+        _as_list,
+    ),
+    Setting("resolv_conf", "/etc/resolv.conf", "Where to read the system's resolvers from.", str),
+    Setting(
+        "blocklists_dir",
+        "",
+        "Folder of <category>.txt block lists and <category>.allow.txt allow lists. Empty: the bundled blocklists/.",
+        str,
+    ),
+    Setting(
+        "block_mode",
+        "null",
+        "Answer to a blocked name: 'null' (0.0.0.0 / :: for A/AAAA, empty answer otherwise) or 'nxdomain'.",
+        _one_of("null", "nxdomain"),
+    ),
+    Setting("block_ttl", 10, "TTL in seconds of blocked answers (short, so unblocking acts fast).", _as_positive_int),
+    Setting("cache_max_entries", 50_000, "Most answers the cache holds.", _as_positive_int),
+    Setting("cache_max_bytes", 16 * 1024 * 1024, "Most bytes of answers the cache holds.", _as_positive_int),
+    Setting("cache_max_ttl", 86_400, "Longest time in seconds an answer is cached.", _as_positive_int),
+    Setting(
+        "negative_max_ttl",
+        3_600,
+        "Longest time in seconds a negative answer (NXDOMAIN, NODATA) is cached (RFC 2308).",
+        _as_positive_int,
+    ),
+    Setting(
+        "serve_stale_seconds",
+        86_400,
+        "How long after expiry a cached answer may still be served when every upstream fails (RFC 8767). 0 turns it off.",
+        _as_positive_int,
+    ),
+    Setting(
+        "upstream_timeout",
+        1.5,
+        "Seconds to wait for one upstream before trying the next.",
+        _as_positive_float,
+    ),
+    Setting(
+        "query_timeout",
+        4.0,
+        "Seconds a client query may take in all before it is answered SERVFAIL or stale.",
+        _as_positive_float,
+    ),
+    Setting(
+        "upstream_recheck_seconds",
+        15.0,
+        "How long an upstream that failed is skipped before it is tried again.",
+        _as_positive_float,
+    ),
+    Setting(
+        "allowed_clients",
+        LAN_RANGES,
+        "Networks whose clients are answered; others get REFUSED (SafeNest is never an open resolver).",
+        _as_networks,
+    ),
+    Setting(
+        "rate_limit_queries",
+        1_000,
+        "Queries one client may send per rate_limit_seconds; the excess is dropped and counted. 0 turns it off.",
+        _as_positive_int,
+    ),
+    Setting("rate_limit_seconds", 60.0, "The window of the per-client rate limit.", _as_positive_float),
+    Setting("tcp_idle_timeout", 10.0, "Seconds an idle DNS-over-TCP connection is kept open.", _as_positive_float),
+    Setting("tcp_max_connections", 128, "Most DNS-over-TCP connections open at once.", _as_positive_int),
+    Setting(
+        "udp_receive_buffer",
+        4 * 1024 * 1024,
+        "Receive buffer asked for each UDP socket, so bursts are not dropped by the kernel.",
+        _as_positive_int,
+    ),
+    Setting(
+        "local_names",
+        ["safenest.home.arpa", "safenest.lan"],
+        "Names SafeNest answers with its own LAN addresses, so a parent can reach the admin page by name.",
+        _as_list,
+    ),
+    Setting(
+        "local_addresses",
+        [],
+        "Addresses given for local_names. Empty: found from the network interfaces.",
+        _as_list,
+    ),
+    Setting("log_level", "info", "Logging level: debug, info, warning or error.", _one_of("debug", "info", "warning", "error")),
+)
+
+REGISTRY: dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+
+class Settings(Mapping[str, Any]):
+    """An immutable mapping of every setting to its effective value; also readable as attributes."""
+
+    def __init__(self, values: Mapping[str, Any], origins: Mapping[str, str]):
+        self._values = dict(values)
+        self._origins = dict(origins)
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def origin(self, name: str) -> str:
+        return self._origins[name]
+
+    def describe(self) -> list[str]:
+        """Lines for the start-up log: every setting, its value and where it came from."""
+        lines = []
+        for setting in SETTINGS:
+            value = "***" if setting.secret else self._values[setting.name]
+            lines.append(f"{setting.name} = {value!r} ({self._origins[setting.name]})")
+        return lines
+
+
+def load_settings(
+    config_file: str | os.PathLike | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Merge defaults, the TOML file, SAFENEST_* variables and explicit overrides."""
+    environ = os.environ if environ is None else environ
+    values = {s.name: s.default for s in SETTINGS}
+    origins = dict.fromkeys(values, "default")
+
+    def apply(name: str, raw: Any, origin: str) -> None:
+        setting = REGISTRY.get(name)
+        if setting is None:
+            raise SettingsError(f"{origin}: unknown setting {name!r}")
+        try:
+            values[name] = setting.parse(raw)
+        except (ValueError, TypeError) as exc:
+            raise SettingsError(f"{origin}: {name}: {exc}") from None
+        origins[name] = origin
+
+    if config_file:
+        path = Path(config_file)
+        try:
+            document = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise SettingsError(f"cannot read config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"{path}: not valid TOML: {exc}") from None
+        for name, raw in document.items():
+            apply(name, raw, f"config file {path}")
+    for key, raw in environ.items():
+        if key.startswith(ENV_PREFIX) and key != ENV_PREFIX + "CONFIG":
+            apply(key[len(ENV_PREFIX) :].lower(), raw, f"environment {key}")
+    for name, raw in (overrides or {}).items():
+        if raw is not None and raw != () and raw != []:
+            apply(name, raw, "command line")
+    return Settings(values, origins)
