@@ -16,7 +16,7 @@ from .dns.steps.forwarding import Forwarding
 from .dns.steps.local_names import LocalNames
 from .dns.steps.special_queries import SpecialQueries
 from .dns.upstream import Forwarder
-from .lists import last_good, load_snapshot
+from .lists import compile_lists, last_good, load_snapshot
 from .settings import Settings
 from .upstreams import choose_upstreams
 
@@ -75,12 +75,20 @@ class Agent:
 
         async def run() -> None:
             s = self.settings
-            snapshot = await asyncio.to_thread(load_snapshot, s.blocklists_dir, s.data)
-            if len(snapshot.index) or not len(self.blocking.snapshot.index):
-                self.blocking.swap(snapshot)
-                log.info("lists in force: %d names", len(snapshot.index))
+            try:
+                snapshot = await asyncio.to_thread(compile_lists, s.blocklists_dir, s.data)
+            except Exception as exc:
+                log.error("cannot compile the block lists, keeping the ones in force: %s", exc)
+                return
+            self.swap(snapshot)
+            log.info("lists in force: %d names", len(snapshot.index))
 
         self._reloading = asyncio.ensure_future(run())
+
+    def swap(self, snapshot) -> None:
+        """Put a new policy snapshot in force; remembered answers made under the old one are dropped."""
+        self.blocking.swap(snapshot)
+        self.server.replay.clear()
 
     async def stop(self) -> None:
         if self._reloading is not None:

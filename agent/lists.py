@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .index import DomainIndex, bundled_dir, build_in_subprocess, sources_in
+from .index import DomainIndex, build_in_subprocess, bundled_dir, sources_in
 from .policy import Snapshot
 
 log = logging.getLogger(__name__)

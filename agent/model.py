@@ -22,14 +22,19 @@ class AnswerKind(StrEnum):
 
 
 class Answer:
-    """The bytes to send (None: send nothing) and the reason they were chosen."""
+    """The bytes to send (None: send nothing) and the reason they were chosen.
 
-    __slots__ = ("wire", "kind", "reason")
+    `reuse_until` (monotonic seconds) says until when the same query packet may
+    be given the same bytes with only its ID changed; 0 means never.
+    """
 
-    def __init__(self, wire: bytes | None, kind: AnswerKind, reason: str = ""):
+    __slots__ = ("wire", "kind", "reason", "reuse_until")
+
+    def __init__(self, wire: bytes | None, kind: AnswerKind, reason: str = "", reuse_until: float = 0.0):
         self.wire = wire
         self.kind = kind
         self.reason = reason
+        self.reuse_until = reuse_until
 
     def __repr__(self) -> str:
         return f"Answer({self.kind.value}, {self.reason!r}, {len(self.wire or b'')} bytes)"

@@ -58,6 +58,11 @@ class Entry:
             body = body[:2] + head + body[4:]
         return U16.pack(query.id) + body[2:12] + query.question + body[query.question_end :]
 
+    def same_until(self) -> float:
+        """Until when `serve` gives the same bytes: the next whole second of age, or expiry."""
+        changes = self.stored + self._age + 1
+        return changes if changes < self.expires else self.expires
+
     def _with_ttls(self, new_ttl) -> bytes:
         aged = bytearray(self.wire)
         for offset, ttl in self.ttls:

@@ -12,11 +12,14 @@ import asyncio
 import errno
 import logging
 import socket
+import time
 from collections import Counter
 from collections.abc import Callable
 
 from ..model import Answer, AnswerKind
+from .replay import ReplayMemo
 from .steps.base import Step
+from .steps.client_gate import ADMITTED, RATE_LIMITED
 from .wire import BADVERS, SERVFAIL, U16, Malformed, Query, error_reply, reply, truncated_reply
 
 log = logging.getLogger(__name__)
@@ -77,7 +80,9 @@ class DnsServer:
         self.send_failures = 0
         self.tcp_open = 0
         self.addresses: list[tuple[str, str, int]] = []  # (proto, host, port) actually bound
-        self.on_answer: Callable[[Query, Answer], None] | None = None
+        self.replay = ReplayMemo()
+        # Called with (query packet, client address, transport, answer) for every answer.
+        self.on_answer: Callable[[bytes, str, str, Answer], None] | None = None
         self._udp_socks: list[socket.socket] = []
         self._tcp_servers: list[asyncio.base_events.Server] = []
         self._tasks: set[asyncio.Task] = set()
@@ -156,24 +161,33 @@ class DnsServer:
         self, data: bytes, client: str, transport: str, send: Callable[[Query, Answer], None]
     ) -> asyncio.Future | None:
         """Parse, resolve and hand the answer to `send`, now or (returning the task) later."""
+        hit = self.replay.get(data[2:])
+        if hit is not None and hit[0] > time.monotonic():
+            verdict = self.gate.admit(client)
+            if verdict == ADMITTED:
+                self.replay.replayed += 1
+                self._deliver(data, client, transport, Answer(data[:2] + hit[1], hit[2], hit[3]), send)
+                return None
+            if verdict == RATE_LIMITED:
+                self._deliver(data, client, transport, Answer(None, AnswerKind.RATE_LIMITED, "rate limit"), send)
+                return None
+            # Not allowed: the chain refuses it, as it would any other packet.
         try:
             query = Query(data, client, transport)
         except Malformed as exc:
-            if exc.rcode is not None and self.gate.allowed(client):
-                wire = error_reply(data, exc.rcode)
-                if wire is not None:
-                    send(None, Answer(wire, AnswerKind.MALFORMED, str(exc)))
-            self.answers[AnswerKind.MALFORMED] += 1
+            wire = error_reply(data, exc.rcode) if exc.rcode is not None and self.gate.allowed(client) else None
+            self._deliver(data, client, transport, Answer(wire, AnswerKind.MALFORMED, str(exc)), send)
             return None
         if query.edns_version > 0:
-            self._deliver(query, Answer(reply(query, BADVERS), AnswerKind.MALFORMED, "EDNS version not supported"), send)
+            answer = Answer(reply(query, BADVERS), AnswerKind.MALFORMED, "EDNS version not supported")
+            self._deliver(data, client, transport, answer, send, query)
             return None
         try:
             result = self.resolver(query)
         except Exception:
             result = self._servfail(query)
         if result.__class__ is Answer:
-            self._deliver(query, result, send)
+            self._deliver(data, client, transport, result, send, query)
             return None
         task = asyncio.ensure_future(result)
         self._tasks.add(task)
@@ -188,18 +202,20 @@ class DnsServer:
             answer = task.result()
         except Exception:
             answer = self._servfail(query)
-        self._deliver(query, answer, send)
+        self._deliver(query.data, query.client, query.transport, answer, send, query)
 
     def _servfail(self, query: Query) -> Answer:
         self.errors += 1
         log.exception("internal error answering %s type %d from %s", query.name, query.qtype, query.client)
         return Answer(error_reply(query.data, SERVFAIL, query), AnswerKind.SERVFAIL, "internal error")
 
-    def _deliver(self, query: Query, answer: Answer, send) -> None:
+    def _deliver(self, data: bytes, client: str, transport: str, answer: Answer, send, query: Query | None = None) -> None:
         self.answers[answer.kind] += 1
+        if query is not None and answer.reuse_until:
+            self.replay.remember(query, answer)
         if self.on_answer is not None:
             try:
-                self.on_answer(query, answer)
+                self.on_answer(data, client, transport, answer)
             except Exception:
                 log.exception("answer hook failed")
         if answer.wire is not None:

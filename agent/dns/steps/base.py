@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import Union
 
 from ...model import Answer
 from ..wire import Query
 
 # A link answers at once (an Answer) or later (an awaitable that yields one):
 # cached and blocked answers never touch the event loop's task machinery.
-Result = Union[Answer, Awaitable[Answer]]
+Result = Answer | Awaitable[Answer]
 
 
 class Step:

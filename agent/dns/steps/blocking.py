@@ -68,7 +68,8 @@ class Blocking(Step):
         if not found.blocked:
             return self.next(query)
         self.blocked += 1
-        return Answer(self.blocked_reply(query, found), AnswerKind.BLOCKED, found.reason)
+        # Reusable until the snapshot changes (the server's replay memo is emptied then).
+        return Answer(self.blocked_reply(query, found), AnswerKind.BLOCKED, found.reason, float("inf"))
 
     def blocked_reply(self, query: Query, found: Decision) -> bytes:
         ede = ede_option(EDE_BLOCKED, found.reason)

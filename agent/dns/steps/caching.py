@@ -25,7 +25,7 @@ class Caching(Step):
         now = time.monotonic()
         entry = self.cache.fresh(query.key, now)
         if entry is not None:
-            return Answer(entry.serve(query, now), AnswerKind.CACHED, "cache")
+            return Answer(entry.serve(query, now), AnswerKind.CACHED, "cache", entry.same_until())
         result = self.next(query)
         if is_answer(result):
             return self._after(query, result)

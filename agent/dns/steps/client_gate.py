@@ -10,6 +10,7 @@ from ..wire import REFUSED, Query, reply
 from .base import Result, Step
 
 MAX_TRACKED_CLIENTS = 65_536
+ADMITTED, NOT_ALLOWED, RATE_LIMITED = 0, 1, 2
 
 
 class _Client:
@@ -54,11 +55,11 @@ class ClientGate(Step):
             state = self._clients[client] = _Client(ok, self.capacity, time.monotonic())
         return state
 
-    def __call__(self, query: Query) -> Result:
-        state = self._clients.get(query.client) or self._state(query.client)
+    def admit(self, client: str) -> int:
+        """ADMITTED, NOT_ALLOWED or RATE_LIMITED; takes a token when admitted."""
+        state = self._clients.get(client) or self._state(client)
         if not state.allowed:
-            self.refused += 1
-            return Answer(reply(query, REFUSED), AnswerKind.REFUSED, "client not in allowed_clients")
+            return NOT_ALLOWED
         if self.refill:
             now = time.monotonic()
             tokens = state.tokens + (now - state.last) * self.refill
@@ -67,6 +68,15 @@ class ClientGate(Step):
             if state.tokens < 1.0:
                 state.dropped += 1
                 self.dropped += 1
-                return Answer(None, AnswerKind.RATE_LIMITED, "rate limit")
+                return RATE_LIMITED
             state.tokens -= 1.0
-        return self.next(query)
+        return ADMITTED
+
+    def __call__(self, query: Query) -> Result:
+        verdict = self.admit(query.client)
+        if verdict == ADMITTED:
+            return self.next(query)
+        if verdict == NOT_ALLOWED:
+            self.refused += 1
+            return Answer(reply(query, REFUSED), AnswerKind.REFUSED, "client not in allowed_clients")
+        return Answer(None, AnswerKind.RATE_LIMITED, "rate limit")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 
-from dnslib import AAAA, QTYPE, RR, A, DNSRecord, EDNS0
+from dnslib import AAAA, EDNS0, QTYPE, RR, A, DNSRecord
 
 from ...model import Answer, AnswerKind
 from ..wire import T_A, T_AAAA, Query, name_to_wire

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dnslib import QTYPE, RD, RR, DNSRecord, EDNS0
+from dnslib import EDNS0, QTYPE, RD, RR, DNSRecord
 
 from ...model import Answer, AnswerKind
 from ..wire import C_IN, REFUSED, T_ANY, Query, reply
