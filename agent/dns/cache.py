@@ -27,7 +27,7 @@ class Entry:
 
     __slots__ = ("wire", "ttls", "stored", "expires", "stale_until", "rdcd", "_age", "_aged")
 
-    def __init__(self, wire: bytes, info: ResponseInfo, ttl: int, stale_window: float, rdcd: int, now: float):
+    def __init__(self, wire: bytes, info: ResponseInfo, rdcd: int, now: float):
         if info.opt_offset >= 0:
             # Clients see our buffer size, not the upstream's.
             patched = bytearray(wire)
@@ -36,8 +36,8 @@ class Entry:
         self.wire = wire
         self.ttls = info.ttls
         self.stored = now
-        self.expires = now + ttl
-        self.stale_until = self.expires + stale_window
+        self.expires = now  # until AnswerCache.keep gives it a lifetime
+        self.stale_until = now
         self.rdcd = rdcd  # the RD and CD bits of the query that fetched it
         self._age = 0
         self._aged = wire
@@ -119,18 +119,25 @@ class AnswerCache:
         return entry
 
     def entry_for(self, key: tuple, wire: bytes, info: ResponseInfo, rdcd: int, now: float | None = None) -> Entry:
-        """Wrap a fresh upstream answer as an Entry, and keep it if it may be cached."""
-        now = time.monotonic() if now is None else now
-        ttl = cache_ttl(info, self.max_ttl, self.negative_max_ttl)
-        entry = Entry(wire, info, ttl, self.stale_window, rdcd, now)
-        if ttl > 0 and self.max_entries and _footprint(entry) <= self.max_bytes:
-            old = self._entries.pop(key, None)
-            if old is not None:
-                self.bytes -= _footprint(old)
-            self._entries[key] = entry
-            self.bytes += _footprint(entry)
-            self._evict()
+        """Wrap an upstream answer as an Entry, and keep it if it may be cached."""
+        entry = Entry(wire, info, rdcd, time.monotonic() if now is None else now)
+        self.keep(key, entry, info)
         return entry
+
+    def keep(self, key: tuple, entry: Entry, info: ResponseInfo) -> bool:
+        """Give `entry` its lifetime and keep it, if the answer may be cached at all."""
+        ttl = cache_ttl(info, self.max_ttl, self.negative_max_ttl)
+        if ttl <= 0 or not self.max_entries or _footprint(entry) > self.max_bytes:
+            return False
+        entry.expires = entry.stored + ttl
+        entry.stale_until = entry.expires + self.stale_window
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self.bytes -= _footprint(old)
+        self._entries[key] = entry
+        self.bytes += _footprint(entry)
+        self._evict()
+        return True
 
     def _evict(self) -> None:
         entries = self._entries

@@ -104,12 +104,26 @@ class Forwarder:
     async def resolve(self, query: Query) -> tuple[bytes, ResponseInfo, Upstream]:
         """The upstream's answer to `query`; identical queries in flight share one upstream exchange."""
         key = query.key
-        pending = self._inflight.get(key)
-        if pending is None:
-            pending = asyncio.ensure_future(self._resolve(query))
-            self._inflight[key] = pending
-            pending.add_done_callback(lambda _: self._inflight.pop(key, None))
-        return await asyncio.shield(pending)
+        leader = self._inflight.get(key)
+        if leader is not None:
+            # Shielded, so a follower that gives up does not cancel the leader's exchange.
+            return await asyncio.shield(leader)
+        shared = asyncio.get_running_loop().create_future()
+        self._inflight[key] = shared
+        try:
+            result = await self._resolve(query)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                shared.cancel()
+            else:
+                shared.set_exception(exc)
+                shared.exception()  # retrieved: followers, if any, get it too
+            raise
+        else:
+            shared.set_result(result)
+            return result
+        finally:
+            del self._inflight[key]
 
     async def _resolve(self, query: Query) -> tuple[bytes, ResponseInfo, Upstream]:
         loop = asyncio.get_running_loop()

@@ -37,8 +37,9 @@ class Caching(Step):
     def _after(self, query: Query, answer: Answer) -> Answer:
         fetched = getattr(answer, "fetched", None)
         if fetched is not None:
-            data, info, rdcd = fetched
-            self.cache.entry_for(query.key, data, info, rdcd)
+            entry, info = fetched
+            if self.cache.keep(query.key, entry, info):
+                answer.reuse_until = entry.same_until()
             return answer
         if answer.kind is AnswerKind.SERVFAIL:
             now = time.monotonic()

@@ -12,7 +12,7 @@ from .base import Step
 
 
 class Fetched(Answer):
-    """A forwarded answer that also carries the upstream's bytes, for the cache to keep."""
+    """A forwarded answer that also carries the upstream's answer as an Entry, for the cache to keep."""
 
     __slots__ = ("fetched",)
 
@@ -34,9 +34,8 @@ class Forwarding(Step):
         except UpstreamFailure as exc:
             ede = ede_option(EDE_NETWORK_ERROR, "upstream unreachable")
             return Answer(reply(query, SERVFAIL, ede=ede), AnswerKind.SERVFAIL, f"upstream: {exc}")
-        rdcd = RD | (query.flags & CD)
-        # An uncached Entry does the patching: ID, the client's letter case, RD/CD.
-        entry = Entry(data, info, 0, 0, rdcd, time.monotonic())
+        # The Entry does the patching (ID, the client's letter case, RD/CD); the cache may keep it.
+        entry = Entry(data, info, RD | (query.flags & CD), time.monotonic())
         answer = Fetched(entry.serve(query, entry.stored), AnswerKind.FORWARDED, f"upstream {upstream}")
-        answer.fetched = (data, info, rdcd)
+        answer.fetched = (entry, info)
         return answer
