@@ -26,7 +26,7 @@ class SettingsError(ValueError):
 def _as_bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
-    text = str(value).strip().lower()
+    text = _as_text(value).strip().lower()
     if text in ("1", "true", "yes", "on"):
         return True
     if text in ("0", "false", "no", "off"):
@@ -34,11 +34,19 @@ def _as_bool(value: Any) -> bool:
     raise ValueError(f"expected true or false, got {value!r}")
 
 
+def _as_text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected text, got {value!r}")
+    return value
+
+
 def _as_list(value: Any) -> list[str]:
-    if isinstance(value, list | tuple):
-        return [str(v).strip() for v in value if str(v).strip()]
-    # Environment variables carry lists as comma- or space-separated text.
-    return [part for part in str(value).replace(",", " ").split() if part]
+    if isinstance(value, str):
+        # Environment variables carry lists as comma- or space-separated text.
+        return [part for part in value.replace(",", " ").split() if part]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return [v.strip() for v in value if v.strip()]
+    raise ValueError(f"expected a list of text, got {value!r}")
 
 
 def _as_networks(value: Any) -> list[str]:
@@ -49,6 +57,8 @@ def _as_networks(value: Any) -> list[str]:
 
 
 def _as_positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"expected a whole number, got {value!r}")
     number = int(value)
     if number < 0:
         raise ValueError(f"must not be negative, got {number}")
@@ -56,15 +66,17 @@ def _as_positive_int(value: Any) -> int:
 
 
 def _as_positive_float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"expected a number, got {value!r}")
     number = float(value)
-    if number <= 0:
-        raise ValueError(f"must be greater than zero, got {number}")
+    if not number > 0 or number == float("inf"):
+        raise ValueError(f"must be a finite number greater than zero, got {value!r}")
     return number
 
 
 def _one_of(*choices: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
-        text = str(value).strip().lower()
+        text = _as_text(value).strip().lower()
         if text not in choices:
             raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
         return text
@@ -77,7 +89,7 @@ class Setting:
     name: str
     default: Any
     help: str
-    parse: Callable[[Any], Any] = str
+    parse: Callable[[Any], Any] = _as_text
     secret: bool = False
 
 
@@ -94,7 +106,7 @@ LAN_RANGES = [
 ]
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("data", "var", "Folder for SafeNest's databases and compiled lists.", str),
+    Setting("data", "var", "Folder for SafeNest's databases and compiled lists.", _as_text),
     Setting(
         "dns",
         ["0.0.0.0:53", "[::]:53"],
@@ -107,12 +119,12 @@ SETTINGS: tuple[Setting, ...] = (
         "Upstream resolvers as ADDR[:PORT]. Empty: the nameservers in /etc/resolv.conf, never SafeNest itself.",
         _as_list,
     ),
-    Setting("resolv_conf", "/etc/resolv.conf", "Where to read the system's resolvers from.", str),
+    Setting("resolv_conf", "/etc/resolv.conf", "Where to read the system's resolvers from.", _as_text),
     Setting(
         "blocklists_dir",
         "",
         "Folder of <category>.txt block lists and <category>.allow.txt allow lists. Empty: the bundled blocklists/.",
-        str,
+        _as_text,
     ),
     Setting(
         "block_mode",
@@ -253,6 +265,8 @@ def load_settings(
             document = tomllib.loads(path.read_text(encoding="utf-8"))
         except OSError as exc:
             raise SettingsError(f"cannot read config file {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise SettingsError(f"{path}: not UTF-8 text") from None
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"{path}: not valid TOML: {exc}") from None
         for name, raw in document.items():

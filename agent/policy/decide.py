@@ -58,7 +58,14 @@ def decide(qname_key: bytes, snapshot: Snapshot) -> Decision:
     if match.kind == "allow":
         return Decision(False, "allowlist=" + ",".join(match.categories), None, match)
     blocked = snapshot.blocked_categories
-    for category in match.categories:
-        if blocked is None or category in blocked:
-            return Decision(True, "category=" + category, category, match)
+    if blocked is None:
+        return Decision(True, "category=" + match.categories[0], match.categories[0], match)
+    # Only some categories are blocked: the nearest listed suffix in one of them decides,
+    # even when a more specific suffix is listed in a category that is not blocked.
+    for candidate in snapshot.index.matches(qname_key):
+        if candidate.kind != "block":
+            continue
+        for category in candidate.categories:
+            if category in blocked:
+                return Decision(True, "category=" + category, category, candidate)
     return Decision(False, "category-not-blocked", None, match)
