@@ -99,12 +99,18 @@ class Agent:
 async def serve(settings: Settings, ready: asyncio.Event | None = None) -> int:
     """Run until SIGTERM or SIGINT (exit 0); SIGHUP recompiles the lists."""
     agent = Agent(settings)
-    await agent.start()
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
+    # Handlers first: a signal during start-up must still stop (or reload) cleanly.
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     loop.add_signal_handler(signal.SIGHUP, agent.reload)
+    try:
+        await agent.start()
+    except BaseException:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
+        raise
     if ready is not None:
         ready.set()
     log.info("SafeNest is running")

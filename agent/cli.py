@@ -68,19 +68,20 @@ def run(config, data, dns, upstream) -> None:
 @data_option
 def explain(domain, config, data) -> None:
     """Say whether DOMAIN would be blocked, and why (the category, the rule and the list)."""
-    from .dns.wire import name_to_wire
+    from .index import normalize_domain, to_wire
     from .lists import last_good, load_snapshot
     from .policy import decide
 
     settings = _settings(config, data=data)
+    name = normalize_domain(domain)
+    if name is None:
+        raise click.ClickException(f"{domain!r} is not a domain name (give a name like www.example.com)")
     _setup_logging("warning")
     snapshot = last_good(settings.data) or load_snapshot(settings.blocklists_dir, settings.data)
-    try:
-        wire = name_to_wire(domain).lower()
-    except (ValueError, UnicodeError) as exc:
-        raise click.ClickException(f"{domain!r} is not a domain name: {exc}") from None
-    decision = decide(wire, snapshot)
-    click.echo(f"{domain.strip().rstrip('.').lower()}: {decision.explain()}")
+    if snapshot.label == "none":
+        raise click.ClickException("no block lists could be compiled or loaded, so nothing can be explained")
+    decision = decide(to_wire(name), snapshot)
+    click.echo(f"{name}: {decision.explain()}")
     click.echo(f"reason: {decision.reason}")
     click.echo(f"lists: {snapshot.label}")
     sys.exit(0)

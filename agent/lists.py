@@ -28,6 +28,9 @@ def compile_lists(blocklists_dir: str, data_dir: str | Path) -> Snapshot:
     """
     source_dir = lists_dir(blocklists_dir)
     sources = sources_in(source_dir)
+    if not sources:
+        # Compiling nothing would replace the last good lists with none: refuse instead.
+        raise FileNotFoundError(f"no <category>.txt lists in {source_dir}")
     target = index_path(data_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
     report = build_in_subprocess(sources, target)

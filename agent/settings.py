@@ -49,6 +49,13 @@ def _as_list(value: Any) -> list[str]:
     raise ValueError(f"expected a list of text, got {value!r}")
 
 
+def _as_listen(value: Any) -> list[str]:
+    items = _as_list(value)
+    if not items:
+        raise ValueError("give at least one ADDR:PORT to serve DNS on")
+    return items
+
+
 def _as_networks(value: Any) -> list[str]:
     items = _as_list(value)
     for item in items:
@@ -111,7 +118,7 @@ SETTINGS: tuple[Setting, ...] = (
         "dns",
         ["0.0.0.0:53", "[::]:53"],
         "Addresses to serve DNS on, UDP and TCP, as ADDR:PORT ([ADDR]:PORT for IPv6).",
-        _as_list,
+        _as_listen,
     ),
     Setting(
         "upstream",

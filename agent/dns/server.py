@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import logging
 import socket
 import time
@@ -38,15 +39,18 @@ def parse_listen(text: str) -> tuple[str, int]:
     text = text.strip()
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
-        port = int(rest.lstrip(":") or 53)
+        port_text = rest.lstrip(":") or "53"
     elif text.count(":") == 1:
         host, port_text = text.split(":")
-        port = int(port_text)
     else:
-        host, port = text, 53
-    if not 0 <= port < 65536:
-        raise ValueError(f"bad port in {text!r}")
-    return host, port
+        host, port_text = text, "53"
+    if not port_text.isdigit() or not 0 <= int(port_text) < 65536:
+        raise ValueError(f"bad port in {text!r} (use ADDR:PORT, [ADDR]:PORT for IPv6)")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"bad address in {text!r}: give an IP address, such as 0.0.0.0 or [::]") from None
+    return host, int(port_text)
 
 
 def _bind_message(host: str, port: int, exc: OSError) -> str:

@@ -66,20 +66,22 @@ class Upstream:
 def parse_upstream(text: str) -> Upstream:
     """'1.1.1.1', '1.1.1.1:5353', '::1', '[::1]:5353' -> Upstream; ValueError otherwise."""
     text = text.strip()
-    port = 53
+    port_text = "53"
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
-        if rest:
-            port = int(rest.lstrip(":"))
+        port_text = rest.lstrip(":") or "53"
     elif text.count(":") == 1:
         host, port_text = text.split(":")
-        port = int(port_text)
     else:
         host = text
-    ipaddress.ip_address(host)  # upstreams are addresses: resolving names would need DNS
-    if not 0 < port < 65536:
-        raise ValueError(f"bad port in {text!r}")
-    return Upstream(host, port)
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError("the port must be a number from 1 to 65535")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        # Upstreams are addresses: resolving a name would itself need DNS.
+        raise ValueError("give an IP address, such as 192.168.1.1 or [2001:db8::1]:53") from None
+    return Upstream(host, int(port_text))
 
 
 class Forwarder:

@@ -1,0 +1,604 @@
+"""The `safenest` command as a user runs it: a real child process, real sockets on 127.0.0.1, real signals.
+
+Every child writes its output to files (no pipes to drain or leak) and runs in its own
+process group, which the fixture kills if a test leaves it running.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import dns.exception
+import dns.message
+import dns.query
+import dns.rcode
+import pytest
+
+from tests.dnsfakes import free_port
+
+_SCRIPT = Path(sys.executable).with_name("safenest")
+SAFENEST = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "agent"]
+
+START_TIMEOUT = 20.0  # generous: other work may be running on the same machine
+STOP_TIMEOUT = 5.0
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def ask(port: int, name: str, rdtype: str = "A", timeout: float = 2.0) -> dns.message.Message:
+    return dns.query.udp(
+        dns.message.make_query(name, rdtype), "127.0.0.1", port=port, timeout=timeout
+    )
+
+
+def addresses(message: dns.message.Message) -> list[str]:
+    return sorted(r.to_text() for rrset in message.answer for r in rrset)
+
+
+def clean_environ(**extra: str) -> dict[str, str]:
+    """This process's environment without any SAFENEST_* variable, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFENEST_")}
+    env.update(extra)
+    return env
+
+
+class Child:
+    """One `safenest ...` process; stdout and stderr go to files."""
+
+    def __init__(self, args: list[str], env: dict[str, str], cwd: Path, logs: Path, **popen):
+        self.out_path = logs.with_suffix(".out")
+        self.err_path = logs.with_suffix(".err")
+        with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
+            self.proc = subprocess.Popen(
+                [*SAFENEST, *args],
+                env=env,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,  # its own process group, so the list builder dies with it
+                **popen,
+            )
+
+    @property
+    def stdout(self) -> str:
+        return self.out_path.read_text(encoding="utf-8", errors="replace")
+
+    @property
+    def stderr(self) -> str:
+        return self.err_path.read_text(encoding="utf-8", errors="replace")
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = STOP_TIMEOUT) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"safenest did not exit within {timeout} s; stderr:\n{self.stderr}")
+
+    def wait_serving(self, port: int, probe: str = "ok.test") -> None:
+        """Until the start-up is complete (signal handlers in place) and `probe` is answered."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if not self.running():
+                pytest.fail(
+                    f"safenest exited with {self.proc.returncode} while starting; stderr:\n{self.stderr}"
+                )
+            if "SafeNest is running" in self.stderr:
+                try:
+                    ask(port, probe, timeout=0.3)
+                    return
+                except (dns.exception.Timeout, OSError):
+                    pass
+            time.sleep(0.05)
+        pytest.fail(
+            f"safenest did not answer on 127.0.0.1:{port} within {START_TIMEOUT} s; stderr:\n{self.stderr}"
+        )
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=STOP_TIMEOUT)
+
+
+@pytest.fixture
+def blocklists(tmp_path) -> Path:
+    folder = tmp_path / "lists"
+    folder.mkdir()
+    (folder / "gambling.txt").write_text("# test list\nfb88.test\ncasino.test\n")
+    (folder / "adult.txt").write_text("# test list\nadult.test\n")
+    return folder
+
+
+@pytest.fixture
+def upstream(fake_upstream):
+    server = fake_upstream()
+    server.answer("ok.test", "A", "192.0.2.1")
+    server.answer("new.test", "A", "192.0.2.2")
+    server.answer("sub.new.test", "A", "192.0.2.3")
+    server.answer("fb88.test", "A", "192.0.2.66")  # what a name gets when it is not blocked
+    return server
+
+
+@pytest.fixture
+def safenest(tmp_path, blocklists):
+    """Start `safenest ARGS...` with SAFENEST_BLOCKLISTS_DIR set; every child is killed at the end."""
+    children: list[Child] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, **popen) -> Child:
+        environ = clean_environ(SAFENEST_BLOCKLISTS_DIR=str(blocklists))
+        environ.update(env or {})
+        child = Child(
+            list(args),
+            environ,
+            popen.pop("cwd", tmp_path),
+            tmp_path / f"child{len(children)}",
+            **popen,
+        )
+        children.append(child)
+        return child
+
+    yield start
+    for child in children:
+        child.kill()
+
+
+def run_to_end(
+    safenest, *args: str, env: dict[str, str] | None = None, timeout: float = 20
+) -> Child:
+    child = safenest(*args, env=env)
+    child.wait(timeout)
+    return child
+
+
+# ---------------------------------------------------------------- safenest run
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_run_answers_logs_its_settings_and_stops_cleanly_on_signal(
+    safenest, upstream, blocklists, tmp_path, signum
+):
+    port = free_port()
+    data = tmp_path / "data"
+    child = safenest(
+        "run", "--dns", f"127.0.0.1:{port}", "--upstream", upstream.address, "--data", str(data)
+    )
+    child.wait_serving(port)
+
+    answer = ask(port, "ok.test")
+    assert answer.rcode() == dns.rcode.NOERROR
+    assert addresses(answer) == ["192.0.2.1"]
+    assert upstream.count("ok.test") >= 1
+    blocked = ask(port, "www.fb88.test")
+    assert blocked.rcode() == dns.rcode.NOERROR
+    assert addresses(blocked) == ["0.0.0.0"]
+    assert upstream.count("www.fb88.test") == 0
+
+    log = child.stderr
+    assert "block_mode = 'null' (default)" in log
+    assert f"upstream = ['{upstream.address}'] (command line)" in log
+    assert f"dns = ['127.0.0.1:{port}'] (command line)" in log
+    assert f"blocklists_dir = '{blocklists}' (environment SAFENEST_BLOCKLISTS_DIR)" in log
+    assert (data / "lists.idx").is_file()
+
+    started = time.monotonic()
+    child.signal(signum)
+    assert child.wait() == 0, child.stderr
+    assert time.monotonic() - started < STOP_TIMEOUT
+    assert "Traceback" not in child.stderr
+    # Both sockets were given back: the port can be bound again at once.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, socket.socket() as tcp:
+        udp.bind(("127.0.0.1", port))
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        tcp.bind(("127.0.0.1", port))
+
+
+def test_sighup_recompiles_the_lists_while_serving(safenest, upstream, blocklists, tmp_path):
+    port = free_port()
+    child = safenest(
+        "run",
+        "--dns",
+        f"127.0.0.1:{port}",
+        "--upstream",
+        upstream.address,
+        "--data",
+        str(tmp_path / "d"),
+    )
+    child.wait_serving(port)
+    assert addresses(ask(port, "new.test")) == ["192.0.2.2"]  # allowed, and now in the cache
+
+    with open(blocklists / "gambling.txt", "a") as f:
+        f.write("new.test\n")
+    child.signal(signal.SIGHUP)
+
+    deadline = time.monotonic() + 10
+    while addresses(ask(port, "new.test")) != ["0.0.0.0"]:
+        assert child.running(), child.stderr
+        assert time.monotonic() < deadline, (
+            f"new.test still not blocked 10 s after SIGHUP; stderr:\n{child.stderr}"
+        )
+        time.sleep(0.1)
+
+    assert addresses(ask(port, "sub.new.test")) == ["0.0.0.0"]
+    assert addresses(ask(port, "fb88.test")) == ["0.0.0.0"]  # the old entries are still there
+    assert addresses(ask(port, "ok.test")) == ["192.0.2.1"]  # and the rest still resolves
+    assert child.running()
+    child.signal(signal.SIGTERM)
+    assert child.wait() == 0, child.stderr
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_a_port_another_program_holds_is_a_clear_error(safenest, upstream, tmp_path, proto):
+    kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
+    with socket.socket(socket.AF_INET, kind) as holder:
+        holder.bind(("127.0.0.1", 0))
+        if proto == "tcp":
+            holder.listen(1)
+        port = holder.getsockname()[1]
+        child = run_to_end(
+            safenest,
+            "run",
+            "--dns",
+            f"127.0.0.1:{port}",
+            "--upstream",
+            upstream.address,
+            "--data",
+            str(tmp_path / "d"),
+        )
+    assert child.proc.returncode not in (0, None)
+    assert (
+        f"cannot listen on 127.0.0.1:{port}: another program already serves that port"
+        in child.stderr
+    )
+    assert "Traceback" not in child.stderr
+
+
+def _nobody_can_run_safenest() -> bool:
+    try:
+        probe = subprocess.run(
+            [*SAFENEST, "--version"],
+            user="nobody",
+            group=pwd.getpwnam("nobody").pw_gid,
+            extra_groups=[],
+            cwd="/",
+            capture_output=True,
+            timeout=20,
+        )
+    except (KeyError, OSError, subprocess.SubprocessError):
+        return False
+    return probe.returncode == 0
+
+
+def test_a_privileged_port_as_an_ordinary_user_is_a_clear_error(safenest, upstream):
+    with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
+        if int(f.read()) <= 53:
+            pytest.skip("this kernel lets every user bind port 53")
+    popen = {}
+    if os.geteuid() == 0:
+        # Root may bind port 53; run the child as nobody instead, if nobody can run it at all.
+        if not _nobody_can_run_safenest():
+            pytest.skip("running as root and user nobody cannot run safenest here")
+        popen = {
+            "user": "nobody",
+            "group": pwd.getpwnam("nobody").pw_gid,
+            "extra_groups": [],
+            "cwd": "/",
+        }
+    data = Path(
+        tempfile.mkdtemp(prefix="safenest-cli-")
+    )  # not under tmp_path: nobody must write here
+    try:
+        data.chmod(0o777)
+        child = safenest(
+            "run",
+            "--dns",
+            "127.0.0.1:53",
+            "--upstream",
+            upstream.address,
+            "--data",
+            str(data / "var"),
+            **popen,
+        )
+        child.wait(20)
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+    assert child.proc.returncode not in (0, None)
+    assert (
+        "cannot listen on 127.0.0.1:53: ports below 1024 need root or CAP_NET_BIND_SERVICE"
+        in child.stderr
+    )
+    assert "--dns 127.0.0.1:5300" in child.stderr
+    assert "Traceback" not in child.stderr
+
+
+def test_upstream_that_is_safenest_itself_is_refused(safenest, tmp_path):
+    port = free_port()
+    child = run_to_end(
+        safenest,
+        "run",
+        "--dns",
+        f"127.0.0.1:{port}",
+        "--upstream",
+        f"127.0.0.1:{port}",
+        "--data",
+        str(tmp_path / "d"),
+    )
+    assert child.proc.returncode not in (0, None)
+    err = child.stderr
+    assert "no upstream resolver to forward to" in err
+    assert "SafeNest itself" in err
+    assert "--upstream ADDR[:PORT]" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "resolv_conf",
+    ["", "# generated by NetworkManager\nsearch lan\n", "nameserver 127.0.0.1:{port}\n"],
+    ids=["empty", "no-nameserver", "only-itself"],
+)
+def test_no_upstream_anywhere_explains_how_to_give_one(safenest, tmp_path, resolv_conf):
+    port = free_port()
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text(resolv_conf.format(port=port))
+    child = run_to_end(
+        safenest,
+        "run",
+        "--dns",
+        f"127.0.0.1:{port}",
+        "--data",
+        str(tmp_path / "d"),
+        env={"SAFENEST_RESOLV_CONF": str(resolv)},
+    )
+    assert child.proc.returncode not in (0, None)
+    err = child.stderr
+    assert "no upstream resolver to forward to" in err
+    assert str(resolv) in err
+    assert "--upstream ADDR[:PORT]" in err
+    assert "Traceback" not in err
+
+
+def test_safenest_environment_variables_take_effect(safenest, upstream, tmp_path):
+    """Everything from SAFENEST_* variables, no flags at all."""
+    port = free_port()
+    data = tmp_path / "from-env"
+    child = safenest(
+        "run",
+        env={
+            "SAFENEST_DNS": f"127.0.0.1:{port}",
+            "SAFENEST_UPSTREAM": upstream.address,
+            "SAFENEST_DATA": str(data),
+            "SAFENEST_BLOCK_MODE": "nxdomain",
+        },
+    )
+    child.wait_serving(port)
+    blocked = ask(port, "casino.test")
+    assert blocked.rcode() == dns.rcode.NXDOMAIN
+    assert blocked.answer == []
+    assert addresses(ask(port, "ok.test")) == ["192.0.2.1"]
+    assert "block_mode = 'nxdomain' (environment SAFENEST_BLOCK_MODE)" in child.stderr
+    assert (data / "lists.idx").is_file()
+    child.signal(signal.SIGTERM)
+    assert child.wait() == 0
+
+
+def test_config_file_then_environment_then_flags(safenest, upstream, tmp_path):
+    port = free_port()
+    config = tmp_path / "safenest.toml"
+    config.write_text(
+        'block_mode = "nxdomain"\n'
+        "block_ttl = 42\n"
+        'dns = ["127.0.0.1:1"]\n'  # replaced by --dns
+        f'upstream = ["{upstream.address}"]\n'
+    )
+    child = safenest(
+        "run",
+        "--dns",
+        f"127.0.0.1:{port}",
+        "--data",
+        str(tmp_path / "d"),
+        env={"SAFENEST_CONFIG": str(config), "SAFENEST_BLOCK_MODE": "null"},
+    )
+    child.wait_serving(port)
+    blocked = ask(port, "fb88.test")
+    assert addresses(blocked) == ["0.0.0.0"]  # the environment beat the file
+    assert blocked.answer[0].ttl == 42  # the file beat the default
+    assert f"block_ttl = 42 (config file {config})" in child.stderr
+    child.signal(signal.SIGTERM)
+    assert child.wait() == 0
+
+
+@pytest.mark.parametrize(
+    ("command", "config", "env", "words"),
+    [
+        (["run"], 'block_ttl = "ten"\n', {}, ["config file", "block_ttl"]),
+        (["run"], "[[[\n", {}, ["not valid TOML"]),
+        (
+            ["run"],
+            None,
+            {"SAFENEST_BLOCK_MODE": "refuse"},
+            ["environment SAFENEST_BLOCK_MODE", "block_mode", "refuse"],
+        ),
+        (
+            ["explain", "ok.test"],
+            None,
+            {"SAFENEST_COLOUR": "red"},
+            ["environment SAFENEST_COLOUR", "unknown setting"],
+        ),
+        (
+            ["run"],
+            None,
+            {"SAFENEST_CONFIG": "{tmp}/missing.toml"},
+            ["cannot read config file", "missing.toml"],
+        ),
+    ],
+    ids=["bad-int-in-file", "bad-toml", "bad-choice-in-env", "unknown-variable", "missing-file"],
+)
+def test_bad_settings_stop_with_a_message_naming_them(
+    safenest, tmp_path, command, config, env, words
+):
+    args = list(command)
+    if config is not None:
+        path = tmp_path / "bad.toml"
+        path.write_text(config)
+        args += ["--config", str(path)]
+    env = {k: v.format(tmp=tmp_path) for k, v in env.items()}
+    child = run_to_end(safenest, *args, "--data", str(tmp_path / "d"), env=env)
+    assert child.proc.returncode == 1
+    err = child.stderr
+    assert err.startswith("Error: ")
+    for word in words:
+        assert word in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "d").exists()  # stopped before doing anything
+
+
+# ---------------------------------------------------------------- corrupt or missing saved lists
+
+
+def _real_index(safenest, tmp_path) -> bytes:
+    data = tmp_path / "good"
+    child = run_to_end(safenest, "explain", "ok.test", "--data", str(data))
+    assert child.proc.returncode == 0, child.stderr
+    return (data / "lists.idx").read_bytes()
+
+
+@pytest.mark.parametrize("damage", ["empty", "garbage", "truncated", "flipped"])
+def test_a_corrupt_saved_index_does_not_stop_run(safenest, upstream, tmp_path, damage):
+    data = tmp_path / "d"
+    data.mkdir()
+    good = _real_index(safenest, tmp_path) if damage in ("truncated", "flipped") else b""
+    content = {
+        "empty": b"",
+        "garbage": b"this is not an index\x00\xff" * 200,
+        "truncated": good[: len(good) // 2],
+        "flipped": good[:-8] + bytes(b ^ 0xFF for b in good[-8:]),
+    }[damage]
+    (data / "lists.idx").write_bytes(content)
+    port = free_port()
+    child = safenest(
+        "run", "--dns", f"127.0.0.1:{port}", "--upstream", upstream.address, "--data", str(data)
+    )
+    child.wait_serving(port)
+    assert addresses(ask(port, "ok.test")) == ["192.0.2.1"]
+    assert addresses(ask(port, "fb88.test")) == ["0.0.0.0"]  # the lists were compiled afresh
+    assert (data / "lists.idx").read_bytes() != content  # and the bad file replaced
+    child.signal(signal.SIGTERM)
+    assert child.wait() == 0
+    assert "Traceback" not in child.stderr
+
+
+def test_saved_lists_keep_filtering_when_the_list_folder_is_gone(
+    safenest, upstream, blocklists, tmp_path
+):
+    data = tmp_path / "d"
+    assert run_to_end(safenest, "explain", "ok.test", "--data", str(data)).proc.returncode == 0
+    gone = {"SAFENEST_BLOCKLISTS_DIR": str(tmp_path / "no-such-folder")}
+    port = free_port()
+    child = safenest(
+        "run",
+        "--dns",
+        f"127.0.0.1:{port}",
+        "--upstream",
+        upstream.address,
+        "--data",
+        str(data),
+        env=gone,
+    )
+    child.wait_serving(port)
+    assert addresses(ask(port, "fb88.test")) == ["0.0.0.0"]
+    deadline = time.monotonic() + 10  # until the background recompile has given up
+    while "cannot compile" not in child.stderr and "lists in force" not in child.stderr:
+        assert time.monotonic() < deadline, child.stderr
+        time.sleep(0.05)
+    assert addresses(ask(port, "adult.test")) == ["0.0.0.0"], (
+        child.stderr
+    )  # the saved lists stay in force
+    assert addresses(ask(port, "ok.test")) == ["192.0.2.1"]
+    child.signal(signal.SIGTERM)
+    assert child.wait() == 0
+    # ...and stay saved for the next start.
+    explained = run_to_end(safenest, "explain", "casino.test", "--data", str(data), env=gone)
+    assert "blocked" in explained.stdout, explained.stdout + explained.stderr
+
+
+# ---------------------------------------------------------------- safenest explain
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("fb88.test", "fb88.test"),
+        ("www.FB88.test.", "www.fb88.test"),
+        ("a.b.casino.test", "a.b.casino.test"),
+    ],
+)
+def test_explain_a_blocked_name(safenest, tmp_path, name, shown):
+    child = run_to_end(safenest, "explain", name, "--data", str(tmp_path / "d"))
+    assert child.proc.returncode == 0, child.stderr
+    out = child.stdout
+    first = out.splitlines()[0]
+    assert first.startswith(f"{shown}: blocked")
+    assert "category gambling" in first
+    assert "lists/gambling.txt" in first  # the list label
+    assert "reason: category=gambling" in out
+
+
+def test_explain_an_allowed_name(safenest, tmp_path):
+    child = run_to_end(safenest, "explain", "ok.test", "--data", str(tmp_path / "d"))
+    assert child.proc.returncode == 0, child.stderr
+    first = child.stdout.splitlines()[0]
+    assert first.startswith("ok.test: allowed")
+    assert "blocked" not in child.stdout
+
+
+def test_explain_with_safenest_data_instead_of_data(safenest, tmp_path):
+    data = tmp_path / "via-env"
+    child = run_to_end(safenest, "explain", "www.adult.test", env={"SAFENEST_DATA": str(data)})
+    assert child.proc.returncode == 0, child.stderr
+    assert child.stdout.startswith("www.adult.test: blocked: category adult")
+    assert "lists/adult.txt" in child.stdout
+    assert (data / "lists.idx").is_file()  # the folder named by SAFENEST_DATA was used
+    assert not (tmp_path / "var").exists()  # not the default ./var
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "bad..name",
+        "x" * 64 + ".test",
+        "a." * 127 + "test",
+        "https://www.fb88.test/page",
+        "fb88 test",
+    ],
+    ids=["empty-label", "long-label", "long-name", "url", "space"],
+)
+def test_explain_a_bad_name_is_a_clear_error(safenest, tmp_path, name):
+    child = run_to_end(safenest, "explain", name, "--data", str(tmp_path / "d"))
+    assert child.proc.returncode not in (0, None), child.stdout
+    assert "is not a domain name" in child.stderr
+    assert "Traceback" not in child.stderr
+    assert "blocked" not in child.stdout and "allowed" not in child.stdout
+
+
+def test_explain_without_usable_lists_does_not_say_allowed(safenest, tmp_path):
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    child = run_to_end(safenest, "explain", "fb88.test", "--data", str(not_a_folder / "d"))
+    assert not (child.proc.returncode == 0 and "allowed" in child.stdout), child.stdout
