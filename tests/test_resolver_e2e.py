@@ -432,3 +432,35 @@ def test_internal_error_answers_servfail_and_logs(server, caplog):
     assert answer.rcode() == dns.rcode.SERVFAIL
     assert server.agent.server.errors == 1
     assert "internal error answering www.example.test" in caplog.text
+
+
+def test_tcp_idle_connections_are_closed(safenest, upstream, lists):
+    server = safenest(upstream=[upstream.address], blocklists_dir=str(lists), tcp_idle_timeout=0.3)
+    with socket.create_connection((server.host, server.port), timeout=5) as conn:
+        started = time.monotonic()
+        assert conn.recv(1) == b""  # closed by the server
+        assert time.monotonic() - started < 3
+
+
+def test_tcp_connections_are_capped(safenest, upstream, lists):
+    server = safenest(upstream=[upstream.address], blocklists_dir=str(lists), tcp_max_connections=2)
+    wire = dns.message.make_query("www.example.test", "A").to_wire()
+    framed = struct.pack("!H", len(wire)) + wire
+    held = [socket.create_connection((server.host, server.port), timeout=5) for _ in range(2)]
+    try:
+        for conn in held:  # both are served
+            conn.sendall(framed)
+            length = struct.unpack("!H", _read(conn, 2))[0]
+            assert dns.message.from_wire(_read(conn, length)).answer
+        with socket.create_connection((server.host, server.port), timeout=5) as extra:
+            try:
+                extra.sendall(framed)
+                closed = extra.recv(2) == b""
+            except ConnectionResetError:
+                closed = True
+            assert closed  # over the cap: closed without an answer
+    finally:
+        for conn in held:
+            conn.close()
+    time.sleep(0.2)
+    assert ask(server, "www.example.test", tcp=True).answer  # a slot is free again
