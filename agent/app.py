@@ -94,6 +94,7 @@ class Agent:
         if self._reloading is not None:
             self._reloading.cancel()
         self.server.close()
+        self.forwarder.close()
 
 
 async def serve(settings: Settings, ready: asyncio.Event | None = None) -> int:

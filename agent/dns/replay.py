@@ -13,7 +13,7 @@ from __future__ import annotations
 from ..model import Answer
 from .wire import Query
 
-MEMO_LIMIT = 20_000  # packets; emptied when full (a few MB at most)
+MEMO_LIMIT = 50_000  # packets (about 250 bytes each); the oldest goes first
 
 
 class ReplayMemo:
@@ -31,9 +31,10 @@ class ReplayMemo:
         # Only answers that fit the asker's UDP buffer, so a replay never needs truncating.
         if wire is None or len(wire) > query.udp_size:
             return
-        if len(self._memo) >= self.limit:
-            self._memo.clear()
-        self._memo[query.data[2:]] = (answer.reuse_until, wire[2:], answer.kind, answer.reason)
+        memo = self._memo
+        if len(memo) >= self.limit:
+            del memo[next(iter(memo))]
+        memo[query.data[2:]] = (answer.reuse_until, wire[2:], answer.kind, answer.reason)
 
     def clear(self) -> None:
         self._memo.clear()

@@ -18,6 +18,7 @@ import socket
 import time
 from dataclasses import dataclass
 
+from .udp_exchange import UdpExchanges
 from .wire import REFUSED, SERVFAIL, U16, Query, ResponseInfo, check_response, make_query
 
 log = logging.getLogger(__name__)
@@ -94,11 +95,23 @@ class Forwarder:
         self.timeout = timeout
         self.query_timeout = query_timeout
         self.recheck = recheck
-        self.ignored_responses = 0  # wrong ID, question or garbage
-        self._inflight: dict[tuple, asyncio.Future] = {}
+        self._inflight: dict[tuple, asyncio.Future | None] = {}
+        self._udp: UdpExchanges | None = None
+
+    @property
+    def ignored_responses(self) -> int:
+        """Responses dropped because their ID or question did not match (noise or spoofing)."""
+        return self._udp.ignored_responses if self._udp else 0
+
+    def close(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
 
     def candidates(self, now: float) -> list[Upstream]:
         """Healthy upstreams in their configured order, then those resting (tried only if all else fails)."""
+        if all(u.down_until <= now for u in self.upstreams):
+            return self.upstreams
         healthy = [u for u in self.upstreams if u.down_until <= now]
         resting = sorted((u for u in self.upstreams if u.down_until > now), key=lambda u: u.down_until)
         return healthy + resting
@@ -106,29 +119,36 @@ class Forwarder:
     async def resolve(self, query: Query) -> tuple[bytes, ResponseInfo, Upstream]:
         """The upstream's answer to `query`; identical queries in flight share one upstream exchange."""
         key = query.key
-        leader = self._inflight.get(key)
-        if leader is not None:
-            # Shielded, so a follower that gives up does not cancel the leader's exchange.
-            return await asyncio.shield(leader)
-        shared = asyncio.get_running_loop().create_future()
-        self._inflight[key] = shared
+        inflight = self._inflight
+        if key in inflight:
+            # A follower: wait for the leader's result. Shielded, so a follower that
+            # gives up does not cancel it.
+            shared = inflight[key]
+            if shared is None:
+                shared = inflight[key] = asyncio.get_running_loop().create_future()
+            return await asyncio.shield(shared)
+        inflight[key] = None  # the future is made only if a follower comes (rare)
         try:
             result = await self._resolve(query)
         except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                shared.cancel()
-            else:
-                shared.set_exception(exc)
-                shared.exception()  # retrieved: followers, if any, get it too
+            shared = inflight.pop(key)
+            if shared is not None:
+                if isinstance(exc, asyncio.CancelledError):
+                    shared.cancel()
+                else:
+                    shared.set_exception(exc)
+                    shared.exception()  # marked as retrieved: the followers re-raise it
             raise
-        else:
+        shared = inflight.pop(key)
+        if shared is not None:
             shared.set_result(result)
-            return result
-        finally:
-            del self._inflight[key]
+        return result
 
     async def _resolve(self, query: Query) -> tuple[bytes, ResponseInfo, Upstream]:
         loop = asyncio.get_running_loop()
+        udp = self._udp
+        if udp is None or udp.loop is not loop:
+            udp = self._udp = UdpExchanges(loop)
         deadline = loop.time() + self.query_timeout
         question = query.question
         order = self.candidates(time.monotonic())
@@ -145,7 +165,9 @@ class Forwarder:
             )
             started = loop.time()
             try:
-                data, info = await _udp_exchange(upstream, packet, ident, question, min(self.timeout, remaining), self)
+                data, info = await udp.ask(
+                    upstream.address, upstream.family, packet, ident, question, min(self.timeout, remaining)
+                )
                 if info.truncated:
                     data, info = await _tcp_exchange(
                         upstream, packet, ident, question, max(0.1, min(self.timeout, deadline - loop.time()))
@@ -173,44 +195,6 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     return str(exc) or type(exc).__name__
-
-
-async def _udp_exchange(
-    upstream: Upstream, packet: bytes, ident: int, question: bytes, timeout: float, counter: Forwarder
-) -> tuple[bytes, ResponseInfo]:
-    loop = asyncio.get_running_loop()
-    sock = socket.socket(upstream.family, socket.SOCK_DGRAM)
-    try:
-        sock.setblocking(False)
-        sock.connect(upstream.address)
-        done = loop.create_future()
-
-        def on_readable() -> None:
-            while not done.done():
-                try:
-                    data = sock.recv(65535)
-                except BlockingIOError:
-                    return
-                except OSError as exc:  # ICMP port unreachable and the like
-                    done.set_exception(exc)
-                    return
-                info = check_response(data, ident, question)
-                if info is None:
-                    counter.ignored_responses += 1
-                    continue
-                done.set_result((data, info))
-
-        fd = sock.fileno()
-        loop.add_reader(fd, on_readable)
-        timer = loop.call_later(timeout, lambda: done.done() or done.set_exception(TimeoutError()))
-        try:
-            sock.send(packet)
-            return await done
-        finally:
-            timer.cancel()
-            loop.remove_reader(fd)
-    finally:
-        sock.close()
 
 
 async def _tcp_exchange(
