@@ -97,6 +97,7 @@ class Forwarder:
         self.recheck = recheck
         self._inflight: dict[tuple, asyncio.Future | None] = {}
         self._udp: UdpExchanges | None = None
+        self._all_up_after = 0.0  # no upstream is resting after this time
 
     @property
     def ignored_responses(self) -> int:
@@ -110,7 +111,7 @@ class Forwarder:
 
     def candidates(self, now: float) -> list[Upstream]:
         """Healthy upstreams in their configured order, then those resting (tried only if all else fails)."""
-        if all(u.down_until <= now for u in self.upstreams):
+        if now >= self._all_up_after:
             return self.upstreams
         healthy = [u for u in self.upstreams if u.down_until <= now]
         resting = sorted((u for u in self.upstreams if u.down_until > now), key=lambda u: u.down_until)
@@ -174,6 +175,7 @@ class Forwarder:
                     )
             except (TimeoutError, OSError, asyncio.IncompleteReadError, _BadAnswer) as exc:
                 upstream.failed(time.monotonic(), self.recheck)
+                self._all_up_after = max(self._all_up_after, upstream.down_until)
                 problems.append(f"{upstream}: {_describe(exc)}")
                 continue
             upstream.succeeded(loop.time() - started)
