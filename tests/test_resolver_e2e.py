@@ -464,3 +464,14 @@ def test_tcp_connections_are_capped(safenest, upstream, lists):
             conn.close()
     time.sleep(0.2)
     assert ask(server, "www.example.test", tcp=True).answer  # a slot is free again
+
+
+def test_udp_receive_buffer_is_enlarged(server):
+    import os
+
+    granted = server.agent.server._udp_socks[0].getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+    if os.geteuid() != 0:
+        limit = int(open("/proc/sys/net/core/rmem_max").read())
+        assert granted >= min(4 * 1024 * 1024, limit // 2)
+    else:
+        assert granted >= 4 * 1024 * 1024  # root may go past net.core.rmem_max

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 READ_BURST = 64  # datagrams read per wake-up
 MAX_QUERY = 4096  # no legitimate query is larger
 TCP_PIPELINE = 32  # queries in progress at once on one TCP connection
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; Python does not export it
 
 
 class BindError(Exception):
@@ -90,11 +91,12 @@ class DnsServer:
         self._udp_socks: list[socket.socket] = []
         self._tcp_servers: list[asyncio.base_events.Server] = []
         self._tasks: set[asyncio.Task] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- start and stop ---------------------------------------------------
 
     async def start(self, listen: list[tuple[str, int]]) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         try:
             for host, port in listen:
                 family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -115,11 +117,16 @@ class DnsServer:
         try:
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.udp_receive_buffer)
+            try:
+                # Past net.core.rmem_max, which only root or CAP_NET_ADMIN may do.
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, self.udp_receive_buffer)
+            except OSError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.udp_receive_buffer)
             granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
             if granted < self.udp_receive_buffer:
                 log.info(
-                    "UDP receive buffer is %d KiB, not %d KiB (raise net.core.rmem_max to allow more)",
+                    "UDP receive buffer is %d KiB, not %d KiB (raise net.core.rmem_max to allow more; "
+                    "systemd/99-safenest.conf does)",
                     granted // 1024,
                     self.udp_receive_buffer // 1024,
                 )
@@ -145,11 +152,10 @@ class DnsServer:
             raise BindError(_bind_message(host, port, exc)) from exc
 
     def close(self) -> None:
-        loop = asyncio.get_event_loop()
         for sock in self._udp_socks:
             try:
-                loop.remove_reader(sock.fileno())
-            except (ValueError, OSError):
+                self._loop.remove_reader(sock.fileno())
+            except (ValueError, OSError, RuntimeError):
                 pass
             sock.close()
         self._udp_socks.clear()
