@@ -10,6 +10,8 @@ remembered, and the memo is emptied whenever the policy or the cache changes.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from ..model import Answer
 from .wire import Query
 
@@ -20,7 +22,9 @@ class ReplayMemo:
     def __init__(self, limit: int = MEMO_LIMIT):
         self.limit = limit
         self.replayed = 0
-        self._memo: dict[bytes, tuple[float, bytes, object, str]] = {}
+        # OrderedDict: dropping the oldest is O(1); a plain dict's next(iter()) slows
+        # down to ~12 µs once many entries have been deleted from its front.
+        self._memo: OrderedDict[bytes, tuple[float, bytes, object, str]] = OrderedDict()
         self.get = self._memo.get  # (reuse_until, answer without its ID, kind, reason) or None
 
     def __len__(self) -> int:
@@ -33,7 +37,7 @@ class ReplayMemo:
             return
         memo = self._memo
         if len(memo) >= self.limit:
-            del memo[next(iter(memo))]
+            memo.popitem(last=False)
         memo[query.data[2:]] = (answer.reuse_until, wire[2:], answer.kind, answer.reason)
 
     def clear(self) -> None:

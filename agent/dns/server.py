@@ -234,6 +234,12 @@ class DnsServer:
     # -- UDP ----------------------------------------------------------------
 
     def _on_udp_readable(self, sock: socket.socket) -> None:
+        # The replay memo's case is inlined here: it is most of the traffic, and each
+        # call and object saved is a measurable share of its ~1 µs.
+        replay_get = self.replay.get
+        admit = self.gate.admit
+        answers = self.answers
+        now = time.monotonic()
         for _ in range(READ_BURST):
             try:
                 data, address = sock.recvfrom(MAX_QUERY)
@@ -241,6 +247,20 @@ class DnsServer:
                 return
             except OSError:
                 continue  # e.g. an ICMP error queued on the socket
+            hit = replay_get(data[2:])
+            if hit is not None and hit[0] > now and self.on_answer is None:
+                verdict = admit(address[0])
+                if verdict == ADMITTED:
+                    answers[hit[2]] += 1
+                    try:
+                        sock.sendto(data[:2] + hit[1], address)
+                    except OSError:
+                        self.send_failures += 1
+                    continue
+                if verdict == RATE_LIMITED:
+                    answers[AnswerKind.RATE_LIMITED] += 1
+                    continue
+                # Not allowed: the chain refuses it, as it would any other packet.
             self.answer(data, address[0], "udp", lambda q, a, s=sock, to=address: self._send_udp(s, q, a, to))
 
     def _send_udp(self, sock: socket.socket, query: Query | None, answer: Answer, address) -> None:
