@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from ..model import Answer, AnswerKind
+from .pending import Pending
 from .replay import ReplayMemo
 from .steps.base import Step
 from .steps.client_gate import ADMITTED, RATE_LIMITED
@@ -90,7 +91,6 @@ class DnsServer:
         self.on_answer: Callable[[bytes, str, str, Answer], None] | None = None
         self._udp_socks: list[socket.socket] = []
         self._tcp_servers: list[asyncio.base_events.Server] = []
-        self._tasks: set[asyncio.Task] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- start and stop ---------------------------------------------------
@@ -162,15 +162,13 @@ class DnsServer:
         for server in self._tcp_servers:
             server.close()
         self._tcp_servers.clear()
-        for task in list(self._tasks):
-            task.cancel()
 
     # -- answering one query ----------------------------------------------
 
     def answer(
         self, data: bytes, client: str, transport: str, send: Callable[[Query, Answer], None]
-    ) -> asyncio.Future | None:
-        """Parse, resolve and hand the answer to `send`, now or (returning the task) later."""
+    ) -> Pending | None:
+        """Parse, resolve and hand the answer to `send`, now or (returning a Pending) later."""
         hit = self.replay.get(data[2:])
         if hit is not None and hit[0] > time.monotonic():
             verdict = self.gate.admit(client)
@@ -194,29 +192,27 @@ class DnsServer:
             return None
         try:
             result = self.resolver(query)
-        except Exception:
-            result = self._servfail(query)
+        except Exception as exc:
+            result = self._servfail(query, exc)
         if result.__class__ is Answer:
             self._deliver(data, client, transport, result, send, query)
             return None
-        task = asyncio.ensure_future(result)
-        self._tasks.add(task)
-        task.add_done_callback(lambda t: self._finish(t, query, send))
-        return task
+        return result.then(lambda answer: self._finish(query, answer, send))
 
-    def _finish(self, task: asyncio.Task, query: Query, send) -> None:
-        self._tasks.discard(task)
-        if task.cancelled():
-            return
-        try:
-            answer = task.result()
-        except Exception:
-            answer = self._servfail(query)
+    def _finish(self, query: Query, answer, send) -> None:
+        if not isinstance(answer, Answer):
+            answer = self._servfail(query, answer)
         self._deliver(query.data, query.client, query.transport, answer, send, query)
 
-    def _servfail(self, query: Query) -> Answer:
+    def _servfail(self, query: Query, exc: BaseException) -> Answer:
         self.errors += 1
-        log.exception("internal error answering %s type %d from %s", query.name, query.qtype, query.client)
+        log.error(
+            "internal error answering %s type %d from %s",
+            query.name,
+            query.qtype,
+            query.client,
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
         return Answer(error_reply(query.data, SERVFAIL, query), AnswerKind.SERVFAIL, "internal error")
 
     def _deliver(self, data: bytes, client: str, transport: str, answer: Answer, send, query: Query | None = None) -> None:
@@ -281,11 +277,17 @@ class DnsServer:
         self.tcp_open += 1
         peer = writer.get_extra_info("peername") or ("", 0)
         client = peer[0]
-        in_progress: set[asyncio.Future] = set()
+        waiting = 0  # answers still to come on this connection
+        room = asyncio.Event()  # set whenever an awaited answer has been written
 
         def send(query: Query | None, answer: Answer) -> None:
             if not writer.is_closing():
                 writer.write(U16.pack(len(answer.wire)) + answer.wire)
+
+        def written(_) -> None:
+            nonlocal waiting
+            waiting -= 1
+            room.set()
 
         try:
             while True:
@@ -295,17 +297,21 @@ class DnsServer:
                         data = await reader.readexactly(length)
                 except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                     break
-                task = self.answer(data, client, "tcp", send)
-                if task is not None:
-                    in_progress.add(task)
-                    task.add_done_callback(in_progress.discard)
-                if len(in_progress) >= TCP_PIPELINE:
-                    await asyncio.wait(in_progress, return_when=asyncio.FIRST_COMPLETED)
+                pending = self.answer(data, client, "tcp", send)
+                if pending is not None:
+                    waiting += 1
+                    pending.then(written)
+                # Pipelining: answers may go out in any order; cap how many are awaited at once.
+                while waiting >= TCP_PIPELINE:
+                    room.clear()
+                    await room.wait()
                 await writer.drain()
-            if in_progress:
-                await asyncio.wait(in_progress, timeout=self.tcp_idle_timeout)
-                await writer.drain()
-        except ConnectionError:
+            async with asyncio.timeout(self.tcp_idle_timeout):
+                while waiting:
+                    room.clear()
+                    await room.wait()
+            await writer.drain()
+        except (ConnectionError, TimeoutError):
             pass
         finally:
             self.tcp_open -= 1

@@ -18,8 +18,9 @@ import socket
 import time
 from dataclasses import dataclass
 
+from .pending import Pending
 from .udp_exchange import UdpExchanges
-from .wire import REFUSED, SERVFAIL, U16, Query, ResponseInfo, check_response, make_query
+from .wire import CD, REFUSED, SERVFAIL, U16, Query, ResponseInfo, check_response, make_query
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +96,10 @@ class Forwarder:
         self.timeout = timeout
         self.query_timeout = query_timeout
         self.recheck = recheck
-        self._inflight: dict[tuple, asyncio.Future | None] = {}
+        self._inflight: dict[tuple, list[Pending]] = {}
         self._udp: UdpExchanges | None = None
         self._all_up_after = 0.0  # no upstream is resting after this time
+        self._tcp_tasks: set[asyncio.Task] = set()
 
     @property
     def ignored_responses(self) -> int:
@@ -105,6 +107,8 @@ class Forwarder:
         return self._udp.ignored_responses if self._udp else 0
 
     def close(self) -> None:
+        for task in self._tcp_tasks:
+            task.cancel()
         if self._udp is not None:
             self._udp.close()
             self._udp = None
@@ -117,74 +121,99 @@ class Forwarder:
         resting = sorted((u for u in self.upstreams if u.down_until > now), key=lambda u: u.down_until)
         return healthy + resting
 
-    async def resolve(self, query: Query) -> tuple[bytes, ResponseInfo, Upstream]:
-        """The upstream's answer to `query`; identical queries in flight share one upstream exchange."""
-        key = query.key
-        inflight = self._inflight
-        if key in inflight:
-            # A follower: wait for the leader's result. Shielded, so a follower that
-            # gives up does not cancel it.
-            shared = inflight[key]
-            if shared is None:
-                shared = inflight[key] = asyncio.get_running_loop().create_future()
-            return await asyncio.shield(shared)
-        inflight[key] = None  # the future is made only if a follower comes (rare)
-        try:
-            result = await self._resolve(query)
-        except BaseException as exc:
-            shared = inflight.pop(key)
-            if shared is not None:
-                if isinstance(exc, asyncio.CancelledError):
-                    shared.cancel()
-                else:
-                    shared.set_exception(exc)
-                    shared.exception()  # marked as retrieved: the followers re-raise it
-            raise
-        shared = inflight.pop(key)
-        if shared is not None:
-            shared.set_result(result)
-        return result
+    def resolve(self, query: Query) -> Pending:
+        """The upstream's answer to `query`, later: (data, ResponseInfo, Upstream) or UpstreamFailure.
 
-    async def _resolve(self, query: Query) -> tuple[bytes, ResponseInfo, Upstream]:
-        loop = asyncio.get_running_loop()
+        Identical queries in flight share one upstream exchange.
+        """
+        pending = Pending()
+        waiting = self._inflight.get(query.key)
+        if waiting is not None:
+            waiting.append(pending)
+            return pending
+        self._inflight[query.key] = [pending]
         udp = self._udp
-        if udp is None or udp.loop is not loop:
-            udp = self._udp = UdpExchanges(loop)
-        deadline = loop.time() + self.query_timeout
-        question = query.question
-        order = self.candidates(time.monotonic())
+        if udp is None:
+            udp = self._udp = UdpExchanges(asyncio.get_running_loop())
+        _Exchange(self, udp, query).next_attempt()
+        return pending
+
+    def _finish(self, key: tuple, outcome) -> None:
+        for pending in self._inflight.pop(key):
+            pending.settle(outcome)
+
+
+class _Exchange:
+    """One query's way through the upstreams: try, fail over, fall back to TCP, finish."""
+
+    __slots__ = ("forwarder", "udp", "query", "deadline", "attempts", "problems", "upstream", "ident", "packet", "started")
+
+    def __init__(self, forwarder: Forwarder, udp: UdpExchanges, query: Query):
+        self.forwarder = forwarder
+        self.udp = udp
+        self.query = query
+        self.deadline = udp.loop.time() + forwarder.query_timeout
+        order = forwarder.candidates(time.monotonic())
         # A single upstream gets a second try: one lost UDP packet should not fail a query.
-        attempts = order if len(order) > 1 else order * 2
-        problems = []
-        for upstream in attempts:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            ident = secrets.randbits(16)
-            packet = make_query(
-                ident, question, edns=query.edns_version >= 0, do=query.do, cd=bool(query.flags & 0x10)
-            )
-            started = loop.time()
-            try:
-                data, info = await udp.ask(
-                    upstream.address, upstream.family, packet, ident, question, min(self.timeout, remaining)
-                )
-                if info.truncated:
-                    data, info = await _tcp_exchange(
-                        upstream, packet, ident, question, max(0.1, min(self.timeout, deadline - loop.time()))
-                    )
-            except (TimeoutError, OSError, asyncio.IncompleteReadError, _BadAnswer) as exc:
-                upstream.failed(time.monotonic(), self.recheck)
-                self._all_up_after = max(self._all_up_after, upstream.down_until)
-                problems.append(f"{upstream}: {_describe(exc)}")
-                continue
-            upstream.succeeded(loop.time() - started)
-            if info.rcode in (SERVFAIL, REFUSED):
-                # Alive, but it could not answer this one: another upstream may.
-                problems.append(f"{upstream}: rcode {info.rcode}")
-                continue
-            return data, info, upstream
-        raise UpstreamFailure("; ".join(problems) or "no upstream could be tried in time")
+        self.attempts = iter(order if len(order) > 1 else order * 2)
+        self.problems: list[str] = []
+
+    def next_attempt(self) -> None:
+        f = self.forwarder
+        now = self.udp.loop.time()
+        remaining = self.deadline - now
+        upstream = next(self.attempts, None) if remaining > 0 else None
+        if upstream is None:
+            f._finish(self.query.key, UpstreamFailure("; ".join(self.problems) or "no upstream could be tried in time"))
+            return
+        query = self.query
+        self.upstream = upstream
+        self.started = now
+        self.ident = secrets.randbits(16)
+        self.packet = make_query(self.ident, query.question, edns=query.edns_version >= 0, do=query.do, cd=bool(query.flags & CD))
+        self.udp.send(upstream.address, upstream.family, self.packet, self.ident, query.question, min(f.timeout, remaining), self.on_udp)
+
+    def on_udp(self, outcome) -> None:
+        if isinstance(outcome, BaseException):
+            self.failed(outcome)
+            return
+        data, info = outcome
+        if not info.truncated:
+            self.answered(data, info)
+            return
+        timeout = max(0.1, min(self.forwarder.timeout, self.deadline - self.udp.loop.time()))
+        task = asyncio.ensure_future(_tcp_exchange(self.upstream, self.packet, self.ident, self.query.question, timeout))
+        tasks = self.forwarder._tcp_tasks
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        task.add_done_callback(self.on_tcp)
+
+    def on_tcp(self, task: asyncio.Task) -> None:
+        if task.cancelled():
+            return  # shutting down
+        exc = task.exception()
+        if exc is not None:
+            self.failed(exc)
+        else:
+            self.answered(*task.result())
+
+    def failed(self, exc: BaseException) -> None:
+        f = self.forwarder
+        upstream = self.upstream
+        upstream.failed(time.monotonic(), f.recheck)
+        f._all_up_after = max(f._all_up_after, upstream.down_until)
+        self.problems.append(f"{upstream}: {_describe(exc)}")
+        self.next_attempt()
+
+    def answered(self, data: bytes, info: ResponseInfo) -> None:
+        upstream = self.upstream
+        upstream.succeeded(self.udp.loop.time() - self.started)
+        if info.rcode in (SERVFAIL, REFUSED):
+            # Alive, but it could not answer this one: another upstream may.
+            self.problems.append(f"{upstream}: rcode {info.rcode}")
+            self.next_attempt()
+            return
+        self.forwarder._finish(self.query.key, (data, info, upstream))
 
 
 class _BadAnswer(Exception):

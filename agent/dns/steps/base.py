@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-
 from ...model import Answer
+from ..pending import Pending
 from ..wire import Query
 
-# A link answers at once (an Answer) or later (an awaitable that yields one):
-# cached and blocked answers never touch the event loop's task machinery.
-Result = Answer | Awaitable[Answer]
+# A link answers at once (an Answer) or later (a Pending that settles with one).
+Result = Answer | Pending
 
 
 class Step:

@@ -29,12 +29,11 @@ class Caching(Step):
         result = self.next(query)
         if is_answer(result):
             return self._after(query, result)
-        return self._after_fetch(query, result)
+        return result.then(lambda answer: self._after(query, answer))
 
-    async def _after_fetch(self, query: Query, pending) -> Answer:
-        return self._after(query, await pending)
-
-    def _after(self, query: Query, answer: Answer) -> Answer:
+    def _after(self, query: Query, answer: Answer):
+        if not isinstance(answer, Answer):
+            return answer  # an exception travelling to the server
         fetched = getattr(answer, "fetched", None)
         if fetched is not None:
             entry, info = fetched

@@ -6,6 +6,7 @@ import time
 
 from ...model import Answer, AnswerKind
 from ..cache import Entry
+from ..pending import Pending
 from ..upstream import Forwarder, UpstreamFailure
 from ..wire import CD, EDE_NETWORK_ERROR, RD, SERVFAIL, Query, ede_option, reply
 from .base import Step
@@ -25,15 +26,16 @@ class Forwarding(Step):
         f = self.forwarder
         return f"Forwarding: to {', '.join(map(str, f.upstreams))}; {f.timeout} s each, {f.query_timeout} s in all"
 
-    def __call__(self, query: Query):
-        return self._forward(query)
+    def __call__(self, query: Query) -> Pending:
+        return self.forwarder.resolve(query).then(lambda outcome: self._answer(query, outcome))
 
-    async def _forward(self, query: Query) -> Answer:
-        try:
-            data, info, upstream = await self.forwarder.resolve(query)
-        except UpstreamFailure as exc:
+    def _answer(self, query: Query, outcome) -> Answer | BaseException:
+        if isinstance(outcome, UpstreamFailure):
             ede = ede_option(EDE_NETWORK_ERROR, "upstream unreachable")
-            return Answer(reply(query, SERVFAIL, ede=ede), AnswerKind.SERVFAIL, f"upstream: {exc}")
+            return Answer(reply(query, SERVFAIL, ede=ede), AnswerKind.SERVFAIL, f"upstream: {outcome}")
+        if isinstance(outcome, BaseException):
+            return outcome  # our own bug: the server logs it and answers SERVFAIL
+        data, info, upstream = outcome
         # The Entry does the patching (ID, the client's letter case, RD/CD); the cache may keep it.
         entry = Entry(data, info, RD | (query.flags & CD), time.monotonic())
         answer = Fetched(entry.serve(query, entry.stored), AnswerKind.FORWARDED, f"upstream {upstream}")
