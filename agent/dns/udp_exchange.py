@@ -9,9 +9,9 @@ loop watches, and one sweep timer handles every timeout.
 
 from __future__ import annotations
 
+import _socket  # the C socket type: the Python wrapper adds about 0.6 µs per query
 import asyncio
 import select
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -53,7 +53,7 @@ class UdpExchanges:
         """Send `packet`; later call done((data, ResponseInfo)) for the first matching response,
         or done(exception) on a timeout or a socket error."""
         try:
-            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock = _socket.socket(family, _socket.SOCK_DGRAM)
         except OSError as exc:
             done(exc)
             return
