@@ -21,8 +21,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest
 
+# Bounded load tests on loopback (about 10 minutes); figures go to docs/performance.md.
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.index_bench
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

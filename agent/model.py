@@ -28,13 +28,16 @@ class Answer:
     be given the same bytes with only its ID changed; 0 means never.
     """
 
-    __slots__ = ("wire", "kind", "reason", "reuse_until")
+    __slots__ = ("wire", "kind", "reason", "reuse_until", "entry")
 
-    def __init__(self, wire: bytes | None, kind: AnswerKind, reason: str = "", reuse_until: float = 0.0):
+    def __init__(
+        self, wire: bytes | None, kind: AnswerKind, reason: str = "", reuse_until: float = 0.0, entry=None
+    ):
         self.wire = wire
         self.kind = kind
         self.reason = reason
         self.reuse_until = reuse_until
+        self.entry = entry  # the cache entry it came from, so a replay can count its TTLs down
 
     def __repr__(self) -> str:
         return f"Answer({self.kind.value}, {self.reason!r}, {len(self.wire or b'')} bytes)"

@@ -475,3 +475,28 @@ def test_udp_receive_buffer_is_enlarged(server):
         assert granted >= min(4 * 1024 * 1024, limit // 2)
     else:
         assert granted >= 4 * 1024 * 1024  # root may go past net.core.rmem_max
+
+
+def test_a_reload_blocks_a_name_that_was_answered_before(server, lists):
+    query = dns.message.make_query("www.example.test", "A")
+    for _ in range(3):  # the same packet again and again: answered from the replay memo
+        answer = dns.query.udp(query, server.host, port=server.port, timeout=5)
+        assert answer.answer[0][0].to_text() == "192.0.2.10"
+    (lists / "adult.txt").write_text("# test list\nadult.test\nexample.test\n")
+    server.call(server.agent.reload)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        answer = dns.query.udp(query, server.host, port=server.port, timeout=5)
+        if answer.answer and answer.answer[0][0].to_text() == "0.0.0.0":
+            break
+        time.sleep(0.05)
+    assert answer.answer[0][0].to_text() == "0.0.0.0"
+    assert ask(server, "two.example.test").answer[0][0].to_text() == "0.0.0.0"
+
+
+def test_repeated_answers_count_as_cached(server):
+    query = dns.message.make_query("two.example.test", "A")
+    for _ in range(4):
+        dns.query.udp(query, server.host, port=server.port, timeout=5)
+    counts = server.agent.server.answers
+    assert counts["forwarded"] == 1 and counts["cached"] == 3

@@ -43,6 +43,10 @@ class Entry:
         self._aged = wire
 
     def serve(self, query: Query, now: float, stale: bool = False) -> bytes:
+        return self.serve_packet(query.data, query.question_end, query.flags, now, stale)
+
+    def serve_packet(self, data: bytes, question_end: int, flags: int, now: float, stale: bool = False) -> bytes:
+        """The answer for the query packet `data` (its question ends at `question_end`)."""
         if stale:
             body = self._with_ttls(lambda ttl: min(ttl, STALE_TTL) if ttl else 0)
         else:
@@ -51,12 +55,12 @@ class Entry:
                 self._aged = self._with_ttls(lambda ttl: ttl - age if ttl > age else 0)
                 self._age = age
             body = self._aged
-        flags = query.flags & (RD | CD)
+        flags &= RD | CD
         if flags != self.rdcd:
             # Echo the client's RD and CD bits (rare: nearly every client sets RD).
             head = bytes((body[2] & 0xFE | flags >> 8, body[3] & 0xEF | flags & CD))
             body = body[:2] + head + body[4:]
-        return U16.pack(query.id) + body[2:12] + query.question + body[query.question_end :]
+        return data[:2] + body[2:12] + data[12:question_end] + body[question_end:]
 
     def same_until(self) -> float:
         """Until when `serve` gives the same bytes: the next whole second of age, or expiry."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from ..model import Answer
+from ..model import Answer, AnswerKind
 from .wire import Query
 
 MEMO_LIMIT = 50_000  # packets (about 250 bytes each); the oldest goes first
@@ -24,8 +24,9 @@ class ReplayMemo:
         self.replayed = 0
         # OrderedDict: dropping the oldest is O(1); a plain dict's next(iter()) slows
         # down to ~12 µs once many entries have been deleted from its front.
-        self._memo: OrderedDict[bytes, tuple[float, bytes, object, str]] = OrderedDict()
-        self.get = self._memo.get  # (reuse_until, answer without its ID, kind, reason) or None
+        self._memo: OrderedDict[bytes, tuple] = OrderedDict()
+        # (reuse_until, answer without its ID, kind, reason, cache entry or None, question end) or None
+        self.get = self._memo.get
 
     def __len__(self) -> int:
         return len(self._memo)
@@ -38,7 +39,22 @@ class ReplayMemo:
         memo = self._memo
         if len(memo) >= self.limit:
             memo.popitem(last=False)
-        memo[query.data[2:]] = (answer.reuse_until, wire[2:], answer.kind, answer.reason)
+        kind, reason = answer.kind, answer.reason
+        if kind is AnswerKind.FORWARDED:
+            kind, reason = AnswerKind.CACHED, "cache"  # what a repeat of it is
+        memo[query.data[2:]] = (answer.reuse_until, wire[2:], kind, reason, answer.entry, query.question_end)
+
+    def refresh(self, key: bytes, hit: tuple, data: bytes, now: float) -> tuple | None:
+        """A remembered cache answer whose TTLs have ticked: count them down from its
+        cache entry while that is fresh (the chain's decision for this packet still
+        holds: the memo is emptied when the policy changes). None: ask the chain."""
+        entry = hit[4]
+        if entry is None or entry.expires <= now:
+            return None
+        wire = entry.serve_packet(data, hit[5], data[2] << 8 | data[3], now)
+        fresh = (entry.same_until(), wire[2:], hit[2], hit[3], entry, hit[5])
+        self._memo[key] = fresh
+        return fresh
 
     def clear(self) -> None:
         self._memo.clear()

@@ -243,8 +243,14 @@ class DnsServer:
                 return
             except OSError:
                 continue  # e.g. an ICMP error queued on the socket
-            hit = replay_get(data[2:])
-            if hit is not None and hit[0] > now and self.on_answer is None:
+            key = data[2:]
+            hit = replay_get(key)
+            if hit is not None and self.on_answer is None:
+                if hit[0] <= now:
+                    hit = self.replay.refresh(key, hit, data, now)
+                    if hit is None:
+                        self.answer(data, address[0], "udp", lambda q, a, s=sock, to=address: self._send_udp(s, q, a, to))
+                        continue
                 verdict = admit(address[0])
                 if verdict == ADMITTED:
                     answers[hit[2]] += 1

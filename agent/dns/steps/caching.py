@@ -25,7 +25,7 @@ class Caching(Step):
         now = time.monotonic()
         entry = self.cache.fresh(query.key, now)
         if entry is not None:
-            return Answer(entry.serve(query, now), AnswerKind.CACHED, "cache", entry.same_until())
+            return Answer(entry.serve(query, now), AnswerKind.CACHED, "cache", entry.same_until(), entry)
         result = self.next(query)
         if is_answer(result):
             return self._after(query, result)
@@ -39,6 +39,7 @@ class Caching(Step):
             entry, info = fetched
             if self.cache.keep(query.key, entry, info):
                 answer.reuse_until = entry.same_until()
+                answer.entry = entry
             return answer
         if answer.kind is AnswerKind.SERVFAIL:
             now = time.monotonic()
