@@ -1,0 +1,1 @@
+"""Benchmark harness: SafeNest against dnsmasq and unbound (``python -m bench.run``)."""
