@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from ..model import Answer, AnswerKind
+from .release import release_gradually
 from .wire import Query
 
 MEMO_LIMIT = 50_000  # packets (about 250 bytes each); the oldest goes first
@@ -57,4 +58,7 @@ class ReplayMemo:
         return fresh
 
     def clear(self) -> None:
-        self._memo.clear()
+        old = self._memo
+        self._memo = OrderedDict()
+        self.get = self._memo.get
+        release_gradually(old)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ...model import Answer, AnswerKind
 from ...policy import Decision, Snapshot, decide
+from ..release import release_gradually
 from ..wire import (
     EDE_BLOCKED,
     NOERROR,
@@ -20,7 +21,7 @@ from ..wire import (
 )
 from .base import Result, Step
 
-MEMO_LIMIT = 100_000  # names; the memo is cleared when full or when the snapshot changes
+MEMO_LIMIT = 20_000  # names; cleared when full, replaced when the snapshot changes
 
 
 def _soa(ttl: int) -> bytes:
@@ -39,7 +40,6 @@ class Blocking(Step):
         self.ttl = ttl
         self.blocked = 0
         self._memo: dict[bytes, Decision] = {}
-        self._memo_for = snapshot
         self._soa = _soa(ttl)
         self._null = {T_A: record(T_A, ttl, bytes(4)), T_AAAA: record(T_AAAA, ttl, bytes(16))}
 
@@ -49,18 +49,16 @@ class Blocking(Step):
     def swap(self, snapshot: Snapshot) -> None:
         """Put a new snapshot in force; one assignment, so a query sees the old or the new one."""
         self.snapshot = snapshot
+        old, self._memo = self._memo, {}
+        release_gradually(old)  # and with it the last reference to the old index
 
     def decision(self, qname_key: bytes) -> Decision:
-        snapshot = self.snapshot
-        if snapshot is not self._memo_for:
-            self._memo = {}
-            self._memo_for = snapshot
         memo = self._memo
         found = memo.get(qname_key)
         if found is None:
             if len(memo) >= MEMO_LIMIT:
                 memo.clear()
-            found = memo[qname_key] = decide(qname_key, snapshot)
+            found = memo[qname_key] = decide(qname_key, self.snapshot)
         return found
 
     def __call__(self, query: Query) -> Result:
