@@ -73,6 +73,13 @@ def _bind_message(host: str, port: int, exc: OSError) -> str:
     return f"cannot listen on {where}: {exc.strerror or exc}"
 
 
+def _no_ipv6(exc: BindError, host: str, listen: list[tuple[str, int]]) -> bool:
+    """The IPv6 wildcard failed because the machine has no IPv6, and something else is listened on."""
+    cause = exc.__cause__
+    no_family = isinstance(cause, OSError) and cause.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL)
+    return no_family and host == "::" and any(h != "::" for h, _ in listen)
+
+
 class DnsServer:
     def __init__(self, resolver: Step, *, gate, udp_receive_buffer: int, tcp_idle_timeout: float, tcp_max_connections: int):
         self.resolver = resolver
@@ -100,7 +107,13 @@ class DnsServer:
         try:
             for host, port in listen:
                 family = socket.AF_INET6 if ":" in host else socket.AF_INET
-                udp = self._udp_socket(family, host, port)
+                try:
+                    udp = self._udp_socket(family, host, port)
+                except BindError as exc:
+                    if not _no_ipv6(exc, host, listen):
+                        raise
+                    log.warning("IPv6 is off on this machine: not serving DNS on [%s]:%d", host, port)
+                    continue
                 port = udp.getsockname()[1]  # port 0: the TCP side shares the OS's choice
                 tcp = self._tcp_socket(family, host, port)
                 self._udp_socks.append(udp)
@@ -113,7 +126,10 @@ class DnsServer:
             raise
 
     def _udp_socket(self, family: int, host: str, port: int) -> socket.socket:
-        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+        except OSError as exc:
+            raise BindError(_bind_message(host, port, exc)) from exc
         try:
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
