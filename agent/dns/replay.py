@@ -22,7 +22,6 @@ MEMO_LIMIT = 50_000  # packets (about 250 bytes each); the oldest goes first
 class ReplayMemo:
     def __init__(self, limit: int = MEMO_LIMIT):
         self.limit = limit
-        self.replayed = 0
         # OrderedDict: dropping the oldest is O(1); a plain dict's next(iter()) slows
         # down to ~12 µs once many entries have been deleted from its front.
         self._memo: OrderedDict[bytes, tuple] = OrderedDict()

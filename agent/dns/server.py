@@ -189,7 +189,6 @@ class DnsServer:
         if hit is not None and hit[0] > time.monotonic():
             verdict = self.gate.admit(client)
             if verdict == ADMITTED:
-                self.replay.replayed += 1
                 self._deliver(data, client, transport, Answer(data[:2] + hit[1], hit[2], hit[3]), send)
                 return None
             if verdict == RATE_LIMITED:
