@@ -500,3 +500,14 @@ def test_repeated_answers_count_as_cached(server):
         dns.query.udp(query, server.host, port=server.port, timeout=5)
     counts = server.agent.server.answers
     assert counts["forwarded"] == 1 and counts["cached"] == 3
+
+
+def test_own_name_gives_the_other_family_from_the_interfaces(server):
+    ip = shutil.which("ip")
+    if ip is None:
+        pytest.skip("iproute2's ip is not installed")
+    listing = subprocess.run([ip, "-o", "-6", "addr", "show", "scope", "global"], capture_output=True, text=True, timeout=10)
+    v6 = [line.split()[3].split("/")[0] for line in listing.stdout.splitlines()]
+    answer = ask(server, "safenest.home.arpa", "AAAA")  # asked over IPv4
+    assert answer.rcode() == dns.rcode.NOERROR
+    assert sorted(r.to_text() for rrset in answer.answer for r in rrset) == sorted(v6)

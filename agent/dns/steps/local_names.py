@@ -31,18 +31,29 @@ def route_source(client: str) -> str | None:
 
 
 def interface_addresses() -> list[str]:
-    """Global and unique-local IPv6 addresses of this machine (from /proc), for AAAA answers."""
+    """This machine's own addresses, from /proc: IPv4 without loopback, IPv6 global and unique-local."""
     found = []
+    try:
+        # fib_trie lists each local IPv4 address as "|-- ADDR" followed by "/32 host LOCAL".
+        with open("/proc/net/fib_trie") as trie:
+            previous = ""
+            for line in trie:
+                if "/32 host LOCAL" in line and previous.strip().startswith("|--"):
+                    address = ipaddress.IPv4Address(previous.split()[-1])
+                    if not address.is_loopback:
+                        found.append(str(address))
+                previous = line
+    except (OSError, ValueError):
+        pass
     try:
         with open("/proc/net/if_inet6") as table:
             for line in table:
-                raw = line.split()[0]
-                address = ipaddress.IPv6Address(int(raw, 16))
+                address = ipaddress.IPv6Address(int(line.split()[0], 16))
                 if not (address.is_loopback or address.is_link_local):
                     found.append(str(address))
-    except OSError:
+    except (OSError, ValueError):
         pass
-    return found
+    return list(dict.fromkeys(found))
 
 
 class LocalNames(Step):
@@ -60,8 +71,13 @@ class LocalNames(Step):
     def addresses_for(self, client: str) -> list[ipaddress._BaseAddress]:
         if self.fixed:
             return self.fixed
-        found = [route_source(client)] + interface_addresses()
-        return [ipaddress.ip_address(a) for a in dict.fromkeys(a for a in found if a)]
+        # The address that reaches this client, for its own family; for the other
+        # family, every address this machine has of it.
+        best = route_source(client)
+        found = [ipaddress.ip_address(best)] if best else []
+        covered = {a.version for a in found}
+        found += [a for a in map(ipaddress.ip_address, interface_addresses()) if a.version not in covered]
+        return found
 
     def __call__(self, query: Query) -> Result:
         if query.qname_key not in self.names:
