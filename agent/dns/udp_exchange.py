@@ -12,7 +12,6 @@ from __future__ import annotations
 import _socket  # the C socket type: the Python wrapper adds about 0.6 µs per query
 import asyncio
 import select
-from collections.abc import Callable
 from typing import Any
 
 from .wire import check_response
@@ -20,15 +19,17 @@ from .wire import check_response
 SWEEP_SECONDS = 0.05  # how often timeouts are checked
 
 
-class _Flight:
-    __slots__ = ("sock", "ident", "question", "done", "deadline")
+class Flight:
+    """What UdpExchanges needs of one question in flight; upstream._Exchange is one."""
 
-    def __init__(self, sock, ident, question, done, deadline):
-        self.sock = sock
-        self.ident = ident
-        self.question = question
-        self.done = done
-        self.deadline = deadline
+    __slots__ = ()
+    sock: _socket.socket | None
+    ident: int
+    question: bytes
+    deadline: float
+
+    def on_udp(self, outcome: Any) -> None:
+        raise NotImplementedError
 
 
 class UdpExchanges:
@@ -36,40 +37,33 @@ class UdpExchanges:
         self.loop = loop
         self.ignored_responses = 0  # wrong ID, question or garbage
         self._epoll = select.epoll()
-        self._flights: dict[int, _Flight] = {}
+        self._flights: dict[int, Flight] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         loop.add_reader(self._epoll.fileno(), self._ready)
 
-    def send(
-        self,
-        address: tuple[str, int],
-        family: int,
-        packet: bytes,
-        ident: int,
-        question: bytes,
-        timeout: float,
-        done: Callable[[Any], None],
-    ) -> None:
-        """Send `packet`; later call done((data, ResponseInfo)) for the first matching response,
-        or done(exception) on a timeout or a socket error."""
+    def send(self, flight: Flight, address: tuple[str, int], family: int, packet: bytes, timeout: float) -> None:
+        """Send `packet` for `flight`; later call flight.on_udp((data, ResponseInfo)) for the first
+        response matching its ID and question, or flight.on_udp(exception) on a timeout or socket error."""
         try:
             sock = _socket.socket(family, _socket.SOCK_DGRAM)
         except OSError as exc:
-            done(exc)
+            flight.on_udp(exc)
             return
         fd = sock.fileno()
         try:
             sock.setblocking(False)
             sock.connect(address)
             self._epoll.register(fd, select.EPOLLIN)
-            self._flights[fd] = _Flight(sock, ident, question, done, self.loop.time() + timeout)
+            flight.sock = sock
+            flight.deadline = self.loop.time() + timeout
+            self._flights[fd] = flight
             if self._sweeper is None:
                 self._sweeper = self.loop.call_later(SWEEP_SECONDS, self._sweep)
             sock.send(packet)
         except OSError as exc:
             self._flights.pop(fd, None)
             sock.close()  # also leaves the epoll set
-            done(exc)
+            flight.on_udp(exc)
 
     def _ready(self) -> None:
         flights = self._flights
@@ -78,7 +72,7 @@ class UdpExchanges:
             if flight is not None:
                 self._receive(fd, flight)
 
-    def _receive(self, fd: int, flight: _Flight) -> None:
+    def _receive(self, fd: int, flight: Flight) -> None:
         sock = flight.sock
         while True:
             try:
@@ -95,10 +89,11 @@ class UdpExchanges:
             self._land(fd, flight, (data, info))
             return
 
-    def _land(self, fd: int, flight: _Flight, outcome: Any) -> None:
+    def _land(self, fd: int, flight: Flight, outcome: Any) -> None:
         del self._flights[fd]
         flight.sock.close()
-        flight.done(outcome)
+        flight.sock = None
+        flight.on_udp(outcome)
 
     def _sweep(self) -> None:
         now = self.loop.time()

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 
 from .pending import Pending
-from .udp_exchange import UdpExchanges
+from .udp_exchange import Flight, UdpExchanges
 from .wire import CD, REFUSED, SERVFAIL, U16, Query, ResponseInfo, check_response, make_query
 
 log = logging.getLogger(__name__)
@@ -154,16 +154,32 @@ class Forwarder:
             pending.settle(outcome)
 
 
-class _Exchange:
+class _Exchange(Flight):
     """One query's way through the upstreams: try, fail over, fall back to TCP, finish."""
 
-    __slots__ = ("forwarder", "udp", "query", "deadline", "attempts", "problems", "upstream", "ident", "packet", "started")
+    __slots__ = (
+        "forwarder",
+        "udp",
+        "query",
+        "question",
+        "give_up_at",
+        "attempts",
+        "problems",
+        "upstream",
+        "ident",
+        "packet",
+        "started",
+        "sock",
+        "deadline",
+    )
 
     def __init__(self, forwarder: Forwarder, udp: UdpExchanges, query: Query):
         self.forwarder = forwarder
         self.udp = udp
         self.query = query
-        self.deadline = udp.loop.time() + forwarder.query_timeout
+        self.question = query.question
+        self.sock = None
+        self.give_up_at = udp.loop.time() + forwarder.query_timeout
         order = forwarder.candidates(time.monotonic())
         # A single upstream gets a second try: one lost UDP packet should not fail a query.
         self.attempts = iter(order if len(order) > 1 else order * 2)
@@ -172,7 +188,7 @@ class _Exchange:
     def next_attempt(self) -> None:
         f = self.forwarder
         now = self.udp.loop.time()
-        remaining = self.deadline - now
+        remaining = self.give_up_at - now
         upstream = next(self.attempts, None) if remaining > 0 else None
         if upstream is None:
             f._finish(self.query.key, UpstreamFailure("; ".join(self.problems) or "no upstream could be tried in time"))
@@ -181,8 +197,8 @@ class _Exchange:
         self.upstream = upstream
         self.started = now
         self.ident = f.random_id()
-        self.packet = make_query(self.ident, query.question, edns=query.edns_version >= 0, do=query.do, cd=bool(query.flags & CD))
-        self.udp.send(upstream.address, upstream.family, self.packet, self.ident, query.question, min(f.timeout, remaining), self.on_udp)
+        self.packet = make_query(self.ident, self.question, edns=query.edns_version >= 0, do=query.do, cd=bool(query.flags & CD))
+        self.udp.send(self, upstream.address, upstream.family, self.packet, min(f.timeout, remaining))
 
     def on_udp(self, outcome) -> None:
         if isinstance(outcome, BaseException):
@@ -192,7 +208,7 @@ class _Exchange:
         if not info.truncated:
             self.answered(data, info)
             return
-        timeout = max(0.1, min(self.forwarder.timeout, self.deadline - self.udp.loop.time()))
+        timeout = max(0.1, min(self.forwarder.timeout, self.give_up_at - self.udp.loop.time()))
         task = asyncio.ensure_future(_tcp_exchange(self.upstream, self.packet, self.ident, self.query.question, timeout))
         tasks = self.forwarder._tcp_tasks
         tasks.add(task)
