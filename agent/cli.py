@@ -87,5 +87,10 @@ def explain(domain, config, data) -> None:
     sys.exit(0)
 
 
+from .feed.cli import feed  # noqa: E402  (the group is defined after `main` on purpose)
+
+main.add_command(feed)
+
+
 if __name__ == "__main__":
     main()
