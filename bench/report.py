@@ -92,7 +92,8 @@ def render(doc: dict) -> str:
                 break
     for key, cmd in doc.get("server_commands", {}).items():
         if not key.endswith(".conf"):
-            out.append(f"# {key}:\n{cmd}")
+            # Paths relative to the repository, as a reader would type them.
+            out.append(f"# {key}:\n{cmd.replace(str(REPO) + '/', '')}")
     out.append("```")
     return "\n".join(out)
 
