@@ -511,3 +511,14 @@ def test_own_name_gives_the_other_family_from_the_interfaces(server):
     answer = ask(server, "safenest.home.arpa", "AAAA")  # asked over IPv4
     assert answer.rcode() == dns.rcode.NOERROR
     assert sorted(r.to_text() for rrset in answer.answer for r in rrset) == sorted(v6)
+
+
+def test_internal_errors_are_all_answered_but_not_all_logged(server, caplog):
+    def boom(query):
+        raise RuntimeError("a bug")
+
+    server.call(setattr, server.agent.blocking, "decision", boom)
+    for i in range(15):
+        assert ask(server, f"n{i}.example.test").rcode() == dns.rcode.SERVFAIL
+    assert server.agent.server.errors == 15
+    assert caplog.text.count("internal error answering") == 10

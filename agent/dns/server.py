@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 READ_BURST = 64  # datagrams read per wake-up
 MAX_QUERY = 4096  # no legitimate query is larger
 TCP_PIPELINE = 32  # queries in progress at once on one TCP connection
+ERROR_LOG_LIMIT, ERROR_LOG_WINDOW = 10, 60.0  # tracebacks logged per window (seconds)
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; Python does not export it
 
 
@@ -90,6 +91,9 @@ class DnsServer:
         # A plain dict with every kind (not a Counter): the hot path increments it.
         self.answers: dict[AnswerKind, int] = dict.fromkeys(AnswerKind, 0)
         self.errors = 0  # our own exceptions turned into SERVFAIL
+        self._error_window_start = 0.0
+        self._errors_logged = 0
+        self._errors_unlogged = 0
         self.send_failures = 0
         self.tcp_open = 0
         self.addresses: list[tuple[str, str, int]] = []  # (proto, host, port) actually bound
@@ -221,13 +225,23 @@ class DnsServer:
 
     def _servfail(self, query: Query, exc: BaseException) -> Answer:
         self.errors += 1
-        log.error(
-            "internal error answering %s type %d from %s",
-            query.name,
-            query.qtype,
-            query.client,
-            exc_info=(type(exc), exc, exc.__traceback__),
-        )
+        # A bug hit by every query must not write a traceback per query to the SD card.
+        now = time.monotonic()
+        if now - self._error_window_start >= ERROR_LOG_WINDOW:
+            if self._errors_unlogged:
+                log.error("%d more internal errors were not logged", self._errors_unlogged)
+            self._error_window_start, self._errors_logged, self._errors_unlogged = now, 0, 0
+        if self._errors_logged < ERROR_LOG_LIMIT:
+            self._errors_logged += 1
+            log.error(
+                "internal error answering %s type %d from %s",
+                query.name,
+                query.qtype,
+                query.client,
+                exc_info=(type(exc), exc, exc.__traceback__),
+            )
+        else:
+            self._errors_unlogged += 1
         return Answer(error_reply(query.data, SERVFAIL, query), AnswerKind.SERVFAIL, "internal error")
 
     def _deliver(self, data: bytes, client: str, transport: str, answer: Answer, send, query: Query | None = None) -> None:
