@@ -87,9 +87,10 @@ def explain(domain, config, data) -> None:
     sys.exit(0)
 
 
-from .feed.cli import feed  # noqa: E402  (the group is defined after `main` on purpose)
+from .feed.cli import feed, sync  # noqa: E402  (registered on `main`, defined above)
 
 main.add_command(feed)
+main.add_command(sync)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 ``format`` is the manifest model and its strict parser, ``categories`` the default category
 table, ``sign`` the Ed25519 keys and signatures, ``build`` the publisher's tool and ``verify``
-the consumer's check. ``cli`` holds the ``safenest feed`` commands. docs/criteria-feed.md is
+the consumer's check, ``sync`` fetches a pinned feed and keeps the last good copy. ``cli`` holds
+the ``safenest feed`` commands and ``safenest sync``. docs/criteria-feed.md is
 the specification.
 """
 
@@ -30,6 +31,7 @@ from agent.feed.sign import (
     load_secret_key,
     write_keypair,
 )
+from agent.feed.sync import InstalledFeed, SyncResult, feeds_in_force, sync_feed
 from agent.feed.verify import verify_feed
 
 __all__ = [
@@ -40,6 +42,8 @@ __all__ = [
     "BuildError",
     "BuildReport",
     "Category",
+    "InstalledFeed",
+    "SyncResult",
     "FeedError",
     "FeedList",
     "Manifest",
@@ -50,10 +54,12 @@ __all__ = [
     "SecretKey",
     "build_feed",
     "feed_sources",
+    "feeds_in_force",
     "generate_key",
     "load_public_key",
     "load_secret_key",
     "parse_manifest",
+    "sync_feed",
     "verify_feed",
     "write_keypair",
 ]

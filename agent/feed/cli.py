@@ -1,4 +1,6 @@
-"""`safenest feed`: the publisher's tool (keygen, build) and the admin's check (verify).
+"""`safenest feed`: the publisher's tool (keygen, build) and the admin's check (verify), and
+`safenest sync`, which fetches a pinned feed and keeps the last good one (``sync``, registered on
+the top-level `safenest` group by agent/cli.py).
 
 Every failure is one line on stderr and exit status 1 (click's usage errors exit 2).
 """
@@ -12,7 +14,7 @@ import click
 
 from agent.feed.format import FeedError, format_time
 
-__all__ = ["feed"]
+__all__ = ["feed", "sync"]
 
 
 def _n(count: int, noun: str) -> str:
@@ -116,6 +118,38 @@ def verify(dir_or_url, pubkey, allow_insecure) -> None:
         f"{len(m.categories)} categories, {_n(len(m.lists), 'list')}, {_n(m.entries, 'name')}; "
         f"issued {format_time(m.issued_at)}, expires {format_time(m.expires_at)}"
     )
+
+
+@click.command()
+@click.option("--feed", "url", required=True, help="The feed's https URL (its folder or its manifest.json).")
+@click.option("--pubkey", required=True, type=click.Path(dir_okay=False), help="The publisher's pinned KEY.pub.")
+@click.option("--config", envvar="SAFENEST_CONFIG", type=click.Path(dir_okay=False), help="TOML settings file (for `data`).")
+@click.option("--data", help="Data folder; feeds are kept in DATA/feeds/. Default: the `data` setting (./var).")
+@click.option("--allow-insecure", is_flag=True, help="Allow plain http and local folders (tests and local mirrors only).")
+@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(0.1, 600), help="Seconds to connect and between two reads.")
+def sync(url, pubkey, config, data, allow_insecure, timeout) -> None:
+    """Sync one feed by hand: fetch it, and install it if it is valid and newer.
+
+    Prints one line per feed: accepted vN, not modified, or rejected with the reason (the feed
+    in force then stays in force). Exit 0 when the feed was accepted or not modified, 1 when it
+    was rejected, so that scripts notice.
+    """
+    from agent.feed.sync import sync_feed
+    from agent.settings import SettingsError, load_settings
+
+    if data is None:
+        try:
+            data = load_settings(config).data
+        except SettingsError as exc:
+            raise click.ClickException(str(exc)) from None
+    store = Path(data) / "feeds"
+    try:
+        result = sync_feed(url, pubkey, store, allow_insecure=allow_insecure, timeout=timeout)
+    except FeedError as exc:  # the pinned key itself cannot be read
+        raise click.ClickException(str(exc)) from None
+    click.echo(result.line())
+    if not result.ok:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -66,7 +66,9 @@ class FeedError(Exception):
     ``reason`` is a stable code for programs (the admin page, the LED): ``malformed``,
     ``unknown_category``, ``bad_signature``, ``wrong_key``, ``bad_key``, ``sha256_mismatch``,
     ``count_mismatch``, ``bad_list``, ``expired``, ``insecure``, ``fetch``, ``too_large``,
-    ``not_found``, ``build``.
+    ``not_found``, ``build``; the sync adds ``rollback`` (a lower version than the one in force),
+    ``version_reused`` (the same version with a different manifest) and ``store`` (the copy
+    could not be written to disk).
     """
 
     def __init__(self, message: str, reason: str = "malformed") -> None:

@@ -18,7 +18,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
@@ -37,7 +37,16 @@ from agent.feed.format import (
 from agent.feed.sign import MAX_SIGNATURE_BYTES, PublicKey, load_public_key, verify_signature
 from agent.index.domains import normalize_domain
 
-__all__ = ["verify_feed", "open_feed_source", "DEFAULT_MAX_LIST_BYTES", "DEFAULT_TIMEOUT"]
+__all__ = [
+    "verify_feed",
+    "open_feed_source",
+    "NotModified",
+    "check_fetched_feed",
+    "DEFAULT_MAX_LIST_BYTES",
+    "DEFAULT_MAX_TOTAL_BYTES",
+    "DEFAULT_TIMEOUT",
+    "DEFAULT_DEADLINE",
+]
 
 DEFAULT_MAX_LIST_BYTES = 64 * 1024 * 1024  # about 2.5 million domains
 DEFAULT_MAX_TOTAL_BYTES = 512 * 1024 * 1024
@@ -50,14 +59,25 @@ _USER_AGENT = "SafeNest-feed/1"
 # ---------------------------------------------------------------- where the files come from
 
 
+class NotModified(Exception):
+    """The server answered 304 Not Modified to a conditional request (see ``_Source.chunks``)."""
+
+
 class _Source:
     label: str
 
-    def chunks(self, rel: str, limit: int) -> Iterator[bytes]:
+    def chunks(
+        self, rel: str, limit: int, headers: dict[str, str] | None = None, info: dict | None = None
+    ) -> Iterator[bytes]:
+        """The file ``rel`` in pieces, at most ``limit`` bytes. Over http, ``headers`` are sent
+        with the request (``If-None-Match``, ``If-Modified-Since``: a 304 raises
+        :class:`NotModified`), and ``info`` receives the answer's ``etag`` and ``last_modified``."""
         raise NotImplementedError
 
-    def read(self, rel: str, limit: int) -> bytes:
-        return b"".join(self.chunks(rel, limit))
+    def read(
+        self, rel: str, limit: int, headers: dict[str, str] | None = None, info: dict | None = None
+    ) -> bytes:
+        return b"".join(self.chunks(rel, limit, headers, info))
 
     def close(self) -> None:
         pass
@@ -68,7 +88,9 @@ class _DirSource(_Source):
         self.root = root
         self.label = str(root)
 
-    def chunks(self, rel: str, limit: int) -> Iterator[bytes]:
+    def chunks(
+        self, rel: str, limit: int, headers: dict[str, str] | None = None, info: dict | None = None
+    ) -> Iterator[bytes]:
         path = self.root.joinpath(*rel.split("/"))
         try:
             f = open(path, "rb")
@@ -124,12 +146,14 @@ class _HttpSource(_Source):
     def close(self) -> None:
         self.session.close()
 
-    def chunks(self, rel: str, limit: int) -> Iterator[bytes]:
+    def chunks(
+        self, rel: str, limit: int, headers: dict[str, str] | None = None, info: dict | None = None
+    ) -> Iterator[bytes]:
         requests = self._requests
         url = urljoin(self.base, rel)
         started = time.monotonic()
         try:
-            response = self.session.get(url, stream=True, timeout=self.timeout)
+            response = self.session.get(url, stream=True, timeout=self.timeout, headers=headers)
         except requests.RequestException as exc:
             raise FeedError(f"cannot fetch {url}: {_short_error(exc)}", "fetch") from None
         with response:
@@ -139,6 +163,8 @@ class _HttpSource(_Source):
                     f"{url} redirected to {final}:, which is not allowed: feeds are fetched over https only",
                     "insecure",
                 )
+            if response.status_code == 304 and headers:
+                raise NotModified(url)
             if response.status_code == 404:
                 raise FeedError(f"{rel} is missing: {url} answered HTTP 404", "not_found")
             if response.status_code != 200:
@@ -152,6 +178,9 @@ class _HttpSource(_Source):
                     f"{rel} is larger than the limit of {limit} bytes ({length} bytes at {url})",
                     "too_large",
                 )
+            if info is not None:
+                info["etag"] = response.headers.get("ETag")
+                info["last_modified"] = response.headers.get("Last-Modified")
             total = 0
             try:
                 for chunk in _pieces(response):
@@ -362,54 +391,81 @@ def verify_feed(
     it is complete only if this function returns.
     """
     key = pubkey if isinstance(pubkey, PublicKey) else load_public_key(pubkey)
-    now = now or datetime.now(UTC)
     source = open_feed_source(dir_or_url, allow_insecure, timeout, deadline)
     try:
         manifest_bytes = source.read(MANIFEST_NAME, MAX_MANIFEST_BYTES)
-        try:
-            sig = source.read(SIGNATURE_NAME, MAX_SIGNATURE_BYTES)
-        except FeedError as exc:
-            if exc.reason != "not_found":
-                raise
-            raise FeedError(
-                f"bad signature: the feed is not signed (no {SIGNATURE_NAME} in {source.label})",
-                "bad_signature",
-            ) from None
-
-        _check_signature(key, manifest_bytes, sig)
-        try:
-            manifest = parse_manifest(manifest_bytes)
-        except ManifestError as exc:
-            prefix = "malformed manifest.json" if exc.reason == "malformed" else "manifest.json"
-            raise FeedError(f"{prefix}: {exc}", exc.reason) from None
-
-        if manifest.publisher.key_id != key.key_id:
-            raise FeedError(
-                f"malformed manifest.json: publisher.key_id is {manifest.publisher.key_id}, but the "
-                f"feed is signed with key {key.key_id}",
-                "malformed",
-            )
-        if manifest.publisher.id != key.publisher_id:
-            raise FeedError(
-                f"wrong key: the feed is from publisher {manifest.publisher.id}, but the pinned key "
-                f"belongs to publisher {key.publisher_id}",
-                "wrong_key",
-            )
-        if manifest.expired(now):
-            raise FeedError(
-                f"expired: version {manifest.version} of feed {manifest.publisher.id} expired at "
-                f"{format_time(manifest.expires_at)} (now {format_time(now)})",
-                "expired",
-            )
-
-        out = Path(save_to) if save_to is not None else None
-        remaining = max_total_bytes
-        for i, lst in enumerate(manifest.lists):
-            remaining -= _check_list(source, lst, i, min(max_list_bytes, remaining), out)
-        if out is not None:
-            _write_atomic(out / SIGNATURE_NAME, sig)
-            _write_atomic(out / MANIFEST_NAME, manifest_bytes)
-        return manifest
+        return check_fetched_feed(
+            source,
+            key,
+            manifest_bytes,
+            now=now,
+            save_to=save_to,
+            max_list_bytes=max_list_bytes,
+            max_total_bytes=max_total_bytes,
+        )
     finally:
         source.close()
 
+
+def check_fetched_feed(
+    source: _Source,
+    key: PublicKey,
+    manifest_bytes: bytes,
+    *,
+    now: datetime | None = None,
+    save_to: str | os.PathLike | None = None,
+    max_list_bytes: int = DEFAULT_MAX_LIST_BYTES,
+    max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
+    before_lists: Callable[[Manifest], None] | None = None,
+) -> Manifest:
+    """Steps 2 to 7 of "Verifying a feed" for a manifest already fetched from ``source``: the
+    signature (fetched here), the manifest, the publisher, the expiry, then ``before_lists``
+    (the sync's rollback check, step 6, which raises :class:`FeedError` to refuse the feed
+    before any list is downloaded), then every list."""
+    now = now or datetime.now(UTC)
+    try:
+        sig = source.read(SIGNATURE_NAME, MAX_SIGNATURE_BYTES)
+    except FeedError as exc:
+        if exc.reason != "not_found":
+            raise
+        raise FeedError(
+            f"bad signature: the feed is not signed (no {SIGNATURE_NAME} in {source.label})",
+            "bad_signature",
+        ) from None
+
+    _check_signature(key, manifest_bytes, sig)
+    try:
+        manifest = parse_manifest(manifest_bytes)
+    except ManifestError as exc:
+        prefix = "malformed manifest.json" if exc.reason == "malformed" else "manifest.json"
+        raise FeedError(f"{prefix}: {exc}", exc.reason) from None
+
+    if manifest.publisher.key_id != key.key_id:
+        raise FeedError(
+            f"malformed manifest.json: publisher.key_id is {manifest.publisher.key_id}, but the "
+            f"feed is signed with key {key.key_id}",
+            "malformed",
+        )
+    if manifest.publisher.id != key.publisher_id:
+        raise FeedError(
+            f"wrong key: the feed is from publisher {manifest.publisher.id}, but the pinned key "
+            f"belongs to publisher {key.publisher_id}",
+            "wrong_key",
+        )
+    if manifest.expired(now):
+        raise FeedError(
+            f"expired: version {manifest.version} of feed {manifest.publisher.id} expired at "
+            f"{format_time(manifest.expires_at)} (now {format_time(now)})",
+            "expired",
+        )
+    if before_lists is not None:
+        before_lists(manifest)
+
+    out = Path(save_to) if save_to is not None else None
+    remaining = max_total_bytes
+    for i, lst in enumerate(manifest.lists):
+        remaining -= _check_list(source, lst, i, min(max_list_bytes, remaining), out)
+    if out is not None:
+        _write_atomic(out / SIGNATURE_NAME, sig)
+        _write_atomic(out / MANIFEST_NAME, manifest_bytes)
+    return manifest

@@ -1,0 +1,420 @@
+"""Sync a criteria feed: fetch it, accept or reject it, and keep the last good copy on disk.
+
+``sync_feed(url, pubkey_path, store_dir)`` fetches one feed (docs/criteria-feed.md, "Syncing"):
+
+1. Refuse a URL that is not https (plain http and local folders only with ``allow_insecure``)
+   before any request.
+2. Ask for ``manifest.json`` conditionally, with the ``ETag`` / ``Last-Modified`` remembered
+   from the manifest in force: a 304 is "not modified" and nothing else is fetched. A manifest
+   whose bytes are those of the feed in force is "not modified" too.
+3. Verify the feed as ``safenest feed verify`` does (signature with the pinned key, publisher,
+   expiry, every list's size, sha256 and count), plus rollback protection before any list is
+   downloaded: a lower version than the one in force is refused (``rollback``), and the same
+   version with different manifest bytes as well (``version_reused``).
+4. The verified copy is written to a staging folder inside the store, fsynced, renamed to
+   ``v<version>/`` and made current by replacing the ``current`` symlink in one step
+   (``os.replace``). The version before it is kept for one step; older ones are removed.
+
+Whatever fails leaves the feed in force untouched. Every outcome (time, result, reason code,
+message, and for the feed in force its version, dates and list counts) is written to
+``status.json`` for the admin page and the LED. The store, for a publisher ``P``::
+
+    store_dir/P/current -> v7     the feed in force (a relative symlink)
+    store_dir/P/v7/               manifest.json, manifest.json.sig, lists/... as verified
+    store_dir/P/v6/               the one before, kept one step
+    store_dir/P/status.json       the last outcomes, and the validators for conditional GETs
+    store_dir/P/.lock             one sync of P at a time
+
+``P`` is the publisher id of the pinned key, which is the only publisher it accepts.
+``feeds_in_force(store_dir)`` lists the current folder of every publisher, for the index builder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from agent.feed.format import (
+    MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
+    FeedError,
+    FeedList,
+    Manifest,
+    format_time,
+    parse_manifest,
+)
+from agent.feed.sign import PublicKey, load_public_key
+from agent.feed.verify import (
+    DEFAULT_DEADLINE,
+    DEFAULT_MAX_LIST_BYTES,
+    DEFAULT_MAX_TOTAL_BYTES,
+    DEFAULT_TIMEOUT,
+    NotModified,
+    _write_atomic,
+    check_fetched_feed,
+    open_feed_source,
+)
+
+__all__ = [
+    "ACCEPTED",
+    "NOT_MODIFIED",
+    "REJECTED",
+    "InstalledFeed",
+    "SyncResult",
+    "feeds_in_force",
+    "read_status",
+    "sync_feed",
+]
+
+log = logging.getLogger("safenest.feed.sync")
+
+ACCEPTED = "accepted"
+NOT_MODIFIED = "not_modified"
+REJECTED = "rejected"
+
+CURRENT = "current"
+STATUS_NAME = "status.json"
+_VERSION_DIR_RE = re.compile(r"v([1-9][0-9]*)")
+
+
+# ---------------------------------------------------------------- what is in force
+
+
+@dataclass(frozen=True)
+class InstalledFeed:
+    """A verified feed in force: its folder (the resolved ``v<version>/``, stable while it is
+    read even if a sync swaps ``current``), its manifest and its lists' files."""
+
+    publisher_id: str
+    folder: Path
+    manifest: Manifest
+
+    @property
+    def version(self) -> int:
+        return self.manifest.version
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.folder / MANIFEST_NAME
+
+    @property
+    def lists(self) -> tuple[tuple[FeedList, Path], ...]:
+        """Each list of the manifest with the path of its verified file."""
+        return tuple((lst, self.folder.joinpath(*lst.path.split("/"))) for lst in self.manifest.lists)
+
+    def expired(self, now: datetime | None = None) -> bool:
+        """A feed in force that has expired stays in force; the admin page says since when."""
+        return self.manifest.expired(now)
+
+
+def _installed(pub_dir: Path) -> InstalledFeed | None:
+    link = pub_dir / CURRENT
+    if not link.is_symlink() and not link.is_dir():
+        return None
+    folder = Path(os.path.realpath(link))
+    try:
+        manifest = parse_manifest((folder / MANIFEST_NAME).read_bytes())
+    except (OSError, FeedError) as exc:
+        log.warning("the feed in force in %s cannot be read: %s", folder, exc)
+        return None
+    if manifest.publisher.id != pub_dir.name:
+        log.warning("the feed in %s is from publisher %s, not %s", folder, manifest.publisher.id, pub_dir.name)
+        return None
+    return InstalledFeed(pub_dir.name, folder, manifest)
+
+
+def feeds_in_force(store_dir: str | os.PathLike) -> list[InstalledFeed]:
+    """The feed in force of every publisher in the store, sorted by publisher id.
+
+    A publisher whose sync never succeeded (or whose copy cannot be read) is left out."""
+    root = Path(store_dir)
+    if not root.is_dir():
+        return []
+    out = []
+    for pub_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        feed = _installed(pub_dir)
+        if feed is not None:
+            out.append(feed)
+    return out
+
+
+def read_status(store_dir: str | os.PathLike, publisher_id: str) -> dict:
+    """The publisher's status.json as a dict ({} if there is none or it cannot be read)."""
+    try:
+        data = json.loads((Path(store_dir) / publisher_id / STATUS_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+# ---------------------------------------------------------------- the result
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    result: str  # ACCEPTED, NOT_MODIFIED or REJECTED
+    publisher_id: str
+    url: str
+    in_force: InstalledFeed | None  # the feed in force after this sync
+    version: int | None = None  # the version fetched (accepted or refused), when known
+    previous_version: int | None = None  # the version in force before
+    reason: str | None = None  # FeedError.reason when rejected
+    message: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.result != REJECTED
+
+    def line(self) -> str:
+        """One line for `safenest sync`."""
+        who = f"{self.publisher_id} ({self.url})"
+        if self.result == ACCEPTED:
+            was = f" (was v{self.previous_version})" if self.previous_version else ""
+            return f"{who}: accepted v{self.version}{was}"
+        in_force = f"v{self.in_force.version} in force" if self.in_force else "no version in force"
+        if self.result == NOT_MODIFIED:
+            return f"{who}: not modified, {in_force}"
+        return f"{who}: rejected: {self.reason}: {self.message}; {in_force}"
+
+
+# ---------------------------------------------------------------- the sync
+
+
+def _now(now: datetime | None) -> datetime:
+    return (now or datetime.now(UTC)).astimezone(UTC)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """The files were fsynced as they were written; make their directory entries durable."""
+    for dirpath, _dirs, _files in os.walk(root):
+        _fsync_dir(Path(dirpath))
+
+
+@contextlib.contextmanager
+def _locked(pub_dir: Path) -> Iterator[None]:
+    with open(pub_dir / ".lock", "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _write_status(pub_dir: Path, status: dict) -> None:
+    _write_atomic(pub_dir / STATUS_NAME, (json.dumps(status, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
+
+
+def _feed_summary(feed: InstalledFeed, now: datetime) -> dict:
+    m = feed.manifest
+    return {
+        "version": m.version,
+        "publisher_name": m.publisher.name,
+        "key_id": m.publisher.key_id,
+        "issued_at": format_time(m.issued_at),
+        "expires_at": format_time(m.expires_at),
+        "expired": m.expired(now),
+        "folder": feed.folder.name,
+        "lists": {lst.path: lst.count for lst in m.lists},
+        "entries": m.entries,
+    }
+
+
+def _check_url(url: str, allow_insecure: bool) -> None:
+    scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+    if scheme != "https" and not allow_insecure:
+        what = "plain http" if scheme == "http" else f"{scheme}:" if scheme else "a local folder"
+        raise FeedError(
+            f"{url}: {what} is not allowed; feeds are synced over https only "
+            "(plain http and folders only for tests and local mirrors, when explicitly allowed)",
+            "insecure",
+        )
+
+
+def _install(pub_dir: Path, staging: Path, version: int, previous: InstalledFeed | None) -> Path:
+    """Rename the verified staging folder to v<version> and point `current` at it in one step."""
+    target = pub_dir / f"v{version}"
+    if target.exists():  # left by a sync that stopped before switching `current`
+        shutil.rmtree(target)
+    _fsync_tree(staging)
+    os.rename(staging, target)
+    tmp_link = pub_dir / f".current-{os.getpid()}"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp_link)
+    os.symlink(target.name, tmp_link)
+    os.replace(tmp_link, pub_dir / CURRENT)
+    _fsync_dir(pub_dir)
+    keep = {target.name} | ({previous.folder.name} if previous else set())
+    for child in pub_dir.iterdir():
+        if child.is_dir() and not child.is_symlink() and _VERSION_DIR_RE.fullmatch(child.name) and child.name not in keep:
+            shutil.rmtree(child, ignore_errors=True)
+    return target
+
+
+def _remove_stale_staging(pub_dir: Path) -> None:
+    for child in pub_dir.glob(".staging-*"):
+        shutil.rmtree(child, ignore_errors=True)
+
+
+def sync_feed(
+    url: str,
+    pubkey_path: PublicKey | str | os.PathLike,
+    store_dir: str | os.PathLike,
+    *,
+    allow_insecure: bool = False,
+    timeout: float = DEFAULT_TIMEOUT,
+    deadline: float = DEFAULT_DEADLINE,
+    max_bytes: int = DEFAULT_MAX_LIST_BYTES,
+    max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
+    now: datetime | None = None,
+) -> SyncResult:
+    """Sync the feed at ``url`` (its folder or its manifest.json), signed with the pinned key.
+
+    ``timeout`` bounds connecting and every wait for data, ``deadline`` one whole file,
+    ``max_bytes`` one list file (``max_total_bytes`` all of them). Returns what happened; only a
+    pinned key that cannot be read raises :class:`FeedError` (there is then no publisher to
+    record the error for)."""
+    url = os.fspath(url)
+    key = pubkey_path if isinstance(pubkey_path, PublicKey) else load_public_key(pubkey_path)
+    now = _now(now)
+    pub_dir = Path(store_dir) / key.publisher_id
+    pub_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(pub_dir):
+        return _sync_locked(
+            url, key, pub_dir, now,
+            allow_insecure=allow_insecure, timeout=timeout, deadline=deadline,
+            max_bytes=max_bytes, max_total_bytes=max_total_bytes,
+        )  # fmt: skip
+
+
+def _sync_locked(
+    url: str,
+    key: PublicKey,
+    pub_dir: Path,
+    now: datetime,
+    *,
+    allow_insecure: bool,
+    timeout: float,
+    deadline: float,
+    max_bytes: int,
+    max_total_bytes: int,
+) -> SyncResult:
+    _remove_stale_staging(pub_dir)
+    previous = _installed(pub_dir)
+    prev_version = previous.version if previous else 0
+    prev_bytes = previous.manifest_path.read_bytes() if previous else None
+    status = read_status(pub_dir.parent, pub_dir.name)
+    status["publisher"] = key.publisher_id
+    status["url"] = url
+    status["key_id"] = key.key_id
+    validators = status.get("http") if isinstance(status.get("http"), dict) else {}
+    at = format_time(now)
+    fetched: dict = {}  # the manifest's validators, once fetched
+    version: int | None = None
+
+    def finish(result: str, **kw) -> SyncResult:
+        in_force = _installed(pub_dir)
+        entry = {"at": at, "result": result}
+        entry.update({k: v for k, v in kw.items() if v is not None})
+        status["last_sync"] = entry
+        if result == REJECTED:
+            status["last_error"] = entry
+        else:
+            status["last_success"] = entry
+        status["in_force"] = _feed_summary(in_force, now) if in_force else None
+        try:
+            _write_status(pub_dir, status)
+        except OSError as exc:
+            log.warning("cannot write %s: %s", pub_dir / STATUS_NAME, exc)
+        return SyncResult(
+            result, key.publisher_id, url, in_force,
+            version=kw.get("version"), previous_version=prev_version or None,
+            reason=kw.get("reason"), message=kw.get("message"),
+        )  # fmt: skip
+
+    def refuse_rollback(manifest: Manifest) -> None:
+        nonlocal version
+        version = manifest.version
+        if manifest.version < prev_version:
+            raise FeedError(
+                f"rollback: the server offers version {manifest.version} of feed "
+                f"{manifest.publisher.id}, lower than version {prev_version} in force",
+                "rollback",
+            )
+        if manifest.version == prev_version:
+            raise FeedError(
+                f"version reused: the server offers version {manifest.version} of feed "
+                f"{manifest.publisher.id} with a manifest different from the one in force; "
+                "a publisher must bump the version for every change",
+                "version_reused",
+            )
+
+    staging: Path | None = None
+    try:
+        _check_url(url, allow_insecure)
+        source = open_feed_source(url, allow_insecure, timeout, deadline)
+        try:
+            headers = {}
+            if previous and validators.get("url") == url:
+                if validators.get("etag"):
+                    headers["If-None-Match"] = validators["etag"]
+                if validators.get("last_modified"):
+                    headers["If-Modified-Since"] = validators["last_modified"]
+            try:
+                manifest_bytes = source.read(MANIFEST_NAME, MAX_MANIFEST_BYTES, headers or None, fetched)
+            except NotModified:
+                return finish(NOT_MODIFIED, version=prev_version, how="304")
+            if manifest_bytes == prev_bytes:
+                status["http"] = {"url": url, **fetched}
+                return finish(NOT_MODIFIED, version=prev_version, how="same manifest")
+            staging = Path(tempfile.mkdtemp(dir=pub_dir, prefix=".staging-"))
+            manifest = check_fetched_feed(
+                source, key, manifest_bytes, now=now, save_to=staging,
+                max_list_bytes=max_bytes, max_total_bytes=max_total_bytes,
+                before_lists=refuse_rollback,
+            )  # fmt: skip
+        finally:
+            source.close()
+        _install(pub_dir, staging, manifest.version, previous)
+        staging = None
+        status["http"] = {"url": url, **fetched}
+        return finish(
+            ACCEPTED,
+            version=manifest.version,
+            fetched_at=at,
+            issued_at=format_time(manifest.issued_at),
+            expires_at=format_time(manifest.expires_at),
+            lists={lst.path: lst.count for lst in manifest.lists},
+        )
+    except FeedError as exc:
+        log.warning("feed %s rejected: %s", url, exc)
+        return finish(REJECTED, version=version, reason=exc.reason, message=str(exc))
+    except OSError as exc:  # the store itself: disk full, permissions
+        log.warning("feed %s could not be installed: %s", url, exc)
+        return finish(REJECTED, version=version, reason="store", message=f"cannot install the feed: {exc}")
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
