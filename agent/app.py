@@ -17,12 +17,12 @@ from .dns.steps.forwarding import Forwarding
 from .dns.steps.local_names import LocalNames
 from .dns.steps.special_queries import SpecialQueries
 from .dns.upstream import Forwarder
+from .feed.schedule import FeedSync
 from .lists import compile_lists, last_good, load_snapshot
 from .settings import Settings
 from .upstreams import choose_upstreams
 
 log = logging.getLogger("safenest")
-
 
 class Agent:
     """One running SafeNest: built from settings, started, reloaded, stopped."""
@@ -58,6 +58,7 @@ class Agent:
             tcp_max_connections=s.tcp_max_connections,
         )
         self._reloading: asyncio.Task | None = None
+        self.feed_sync = FeedSync(settings, self.reload_after_sync)
 
     async def start(self) -> None:
         await self.server.start(self.listen)
@@ -67,6 +68,7 @@ class Agent:
             log.info("serving DNS on %s %s", proto, f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
         if self._need_compile:
             self.reload()
+        self.feed_sync.start()
 
     def reload(self) -> None:
         """Recompile the lists off the event loop and swap them in; queries keep being answered."""
@@ -86,12 +88,21 @@ class Agent:
 
         self._reloading = asyncio.ensure_future(run())
 
+    async def reload_after_sync(self) -> None:
+        """A feed was accepted: recompile. A recompile that started before the sync would miss
+        the new feed, so wait for it first."""
+        running = self._reloading
+        if running is not None and not running.done():
+            await asyncio.wait([running])
+        self.reload()
+
     def swap(self, snapshot) -> None:
         """Put a new policy snapshot in force; remembered answers made under the old one are dropped."""
         self.blocking.swap(snapshot)
         self.server.replay.clear()
 
     async def stop(self) -> None:
+        self.feed_sync.stop()
         if self._reloading is not None:
             self._reloading.cancel()
         self.server.close()

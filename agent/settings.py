@@ -81,6 +81,23 @@ def _as_positive_float(value: Any) -> float:
     return number
 
 
+def _as_non_negative_float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"expected a number, got {value!r}")
+    number = float(value)
+    if not number >= 0 or number == float("inf"):
+        raise ValueError(f"must be a finite number, zero or more, got {value!r}")
+    return number
+
+
+def _as_feed_urls(value: Any) -> list[str]:
+    items = _as_list(value)
+    for item in items:
+        if any(c.isspace() for c in item):
+            raise ValueError(f"bad feed URL {item!r}")
+    return items
+
+
 def _one_of(*choices: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         text = _as_text(value).strip().lower()
@@ -205,6 +222,36 @@ SETTINGS: tuple[Setting, ...] = (
         [],
         "Addresses given for local_names. Empty: found from the network interfaces.",
         _as_list,
+    ),
+    Setting(
+        "feeds",
+        [],
+        "Criteria feeds to sync, as https URLs (the feed's folder or its manifest.json); each needs its publisher's key in feed_keys_dir.",
+        _as_feed_urls,
+    ),
+    Setting(
+        "feed_keys_dir",
+        "",
+        "Folder of pinned publisher public keys (*.pub); a feed is checked against the one with its manifest's key id. Empty: DATA/keys.",
+        _as_text,
+    ),
+    Setting(
+        "sync_interval_hours",
+        6.0,
+        "Hours between two scheduled syncs of the feeds in `safenest run` (the first runs about a minute after start).",
+        _as_positive_float,
+    ),
+    Setting(
+        "sync_jitter_minutes",
+        30.0,
+        "Up to this many minutes are added at random to each scheduled sync, so that devices do not all ask at once. 0: none.",
+        _as_non_negative_float,
+    ),
+    Setting(
+        "feed_allow_insecure",
+        False,
+        "Allow feeds over plain http and from local folders. For tests and local mirrors only: never on a real network.",
+        _as_bool,
     ),
     Setting("log_level", "info", "Logging level: debug, info, warning or error.", _one_of("debug", "info", "warning", "error")),
 )

@@ -59,6 +59,10 @@ def value_type(setting: Setting) -> str:
         return "whole number, 0 or more"
     if parse is registry._as_positive_float:
         return "number greater than 0 (decimals allowed)"
+    if parse is registry._as_non_negative_float:
+        return "number, 0 or more (decimals allowed)"
+    if parse is registry._as_feed_urls:
+        return "list of URLs"
     if parse is registry._as_bool:
         return "true or false"
     if parse is getattr(registry, "_as_text", None) or parse is str:

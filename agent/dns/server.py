@@ -112,14 +112,13 @@ class DnsServer:
             for host, port in listen:
                 family = socket.AF_INET6 if ":" in host else socket.AF_INET
                 try:
-                    udp = self._udp_socket(family, host, port)
+                    udp, tcp = self._socket_pair(family, host, port)
                 except BindError as exc:
                     if not _no_ipv6(exc, host, listen):
                         raise
                     log.warning("IPv6 is off on this machine: not serving DNS on [%s]:%d", host, port)
                     continue
-                port = udp.getsockname()[1]  # port 0: the TCP side shares the OS's choice
-                tcp = self._tcp_socket(family, host, port)
+                port = udp.getsockname()[1]
                 self._udp_socks.append(udp)
                 loop.add_reader(udp.fileno(), self._on_udp_readable, udp)
                 server = await asyncio.start_server(self._serve_tcp, sock=tcp)
@@ -128,6 +127,21 @@ class DnsServer:
         except BaseException:
             self.close()
             raise
+
+    def _socket_pair(self, family: int, host: str, port: int) -> tuple[socket.socket, socket.socket]:
+        """The UDP and TCP sockets of one address. For port 0 the TCP side takes the port the OS
+        gave the UDP side; if that port is taken for TCP (e.g. by an outgoing connection), another
+        is tried."""
+        attempts = 20 if port == 0 else 1
+        for attempt in range(attempts):
+            udp = self._udp_socket(family, host, port)
+            try:
+                return udp, self._tcp_socket(family, host, udp.getsockname()[1])
+            except BindError:
+                udp.close()
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     def _udp_socket(self, family: int, host: str, port: int) -> socket.socket:
         try:

@@ -121,34 +121,51 @@ def verify(dir_or_url, pubkey, allow_insecure) -> None:
 
 
 @click.command()
-@click.option("--feed", "url", required=True, help="The feed's https URL (its folder or its manifest.json).")
-@click.option("--pubkey", required=True, type=click.Path(dir_okay=False), help="The publisher's pinned KEY.pub.")
-@click.option("--config", envvar="SAFENEST_CONFIG", type=click.Path(dir_okay=False), help="TOML settings file (for `data`).")
+@click.option("--feed", "url", help="Sync only this feed: its https URL (its folder or its manifest.json). Needs --pubkey.")
+@click.option("--pubkey", type=click.Path(dir_okay=False), help="With --feed: the publisher's pinned KEY.pub.")
+@click.option("--config", envvar="SAFENEST_CONFIG", type=click.Path(dir_okay=False), help="TOML settings file (`data`, `feeds`, `feed_keys_dir`, `feed_allow_insecure`).")
 @click.option("--data", help="Data folder; feeds are kept in DATA/feeds/. Default: the `data` setting (./var).")
-@click.option("--allow-insecure", is_flag=True, help="Allow plain http and local folders (tests and local mirrors only).")
+@click.option("--allow-insecure", is_flag=True, help="Allow plain http and local folders (tests and local mirrors only). Default: the `feed_allow_insecure` setting.")
 @click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(0.1, 600), help="Seconds to connect and between two reads.")
 def sync(url, pubkey, config, data, allow_insecure, timeout) -> None:
-    """Sync one feed by hand: fetch it, and install it if it is valid and newer.
+    """Sync the configured feeds (the `feeds` setting), or one feed by hand with --feed and --pubkey.
 
-    Prints one line per feed: accepted vN, not modified, or rejected with the reason (the feed
-    in force then stays in force). Exit 0 when the feed was accepted or not modified, 1 when it
-    was rejected, so that scripts notice.
+    Each feed is checked against the key pinned in `feed_keys_dir` (default DATA/keys) whose key
+    id its manifest names. Prints one line per feed: accepted vN, not modified, or rejected with
+    the reason (the feed in force then stays in force). Exit 0 when every feed was accepted or
+    not modified, 1 when any was rejected, so that scripts notice. A running `safenest run`
+    picks up what was accepted at its next scheduled sync, or at once on SIGHUP.
     """
-    from agent.feed.sync import sync_feed
+    from agent.feed.sync import sync_all, sync_feed
+    from agent.lists import feeds_dir, keys_dir
     from agent.settings import SettingsError, load_settings
 
-    if data is None:
-        try:
-            data = load_settings(config).data
-        except SettingsError as exc:
-            raise click.ClickException(str(exc)) from None
-    store = Path(data) / "feeds"
     try:
-        result = sync_feed(url, pubkey, store, allow_insecure=allow_insecure, timeout=timeout)
-    except FeedError as exc:  # the pinned key itself cannot be read
+        settings = load_settings(config, overrides={"data": data})
+    except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(result.line())
-    if not result.ok:
+    store = feeds_dir(settings.data)
+    insecure = allow_insecure or settings.feed_allow_insecure
+    if url is not None:
+        if pubkey is None:
+            raise click.UsageError("--feed needs --pubkey, the publisher's pinned KEY.pub")
+        try:
+            results = [sync_feed(url, pubkey, store, allow_insecure=insecure, timeout=timeout)]
+        except FeedError as exc:  # the pinned key itself cannot be read
+            raise click.ClickException(str(exc)) from None
+    else:
+        if pubkey is not None:
+            raise click.UsageError("--pubkey goes with --feed; configured feeds use the keys in feed_keys_dir")
+        if not settings.feeds:
+            raise click.ClickException(
+                "no feeds are configured: set `feeds` (a list of https URLs) in the config file or "
+                "SAFENEST_FEEDS, or sync one feed with --feed URL --pubkey KEY.pub"
+            )
+        keys = keys_dir(settings.feed_keys_dir, settings.data)
+        results = sync_all(list(settings.feeds), keys, store, allow_insecure=insecure, timeout=timeout)
+    for result in results:
+        click.echo(result.line())
+    if not all(r.ok for r in results):
         raise SystemExit(1)
 
 

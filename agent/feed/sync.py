@@ -27,6 +27,13 @@ message, and for the feed in force its version, dates and list counts) is writte
 
 ``P`` is the publisher id of the pinned key, which is the only publisher it accepts.
 ``feeds_in_force(store_dir)`` lists the current folder of every publisher, for the index builder.
+
+``sync_pinned(url, keys, store_dir)`` syncs a feed against a set of pinned keys (the
+``feed_keys_dir`` setting, read with ``load_pinned_keys``): the key is the one whose key id the
+feed's manifest names in ``publisher.key_id``. The key a URL was last synced with (status.json)
+is tried first, so that the conditional GET still works; otherwise, or when the publisher signs
+with another pinned key now, the manifest is fetched once more to read the key id it names. A
+feed whose key id is not pinned is rejected (``unknown_key``) and nothing is written.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ from urllib.parse import urlsplit
 from agent.feed.format import (
     MANIFEST_NAME,
     MAX_MANIFEST_BYTES,
+    PUBLISHER_ID_RE,
     FeedError,
     FeedList,
     Manifest,
@@ -61,6 +69,7 @@ from agent.feed.verify import (
     DEFAULT_MAX_TOTAL_BYTES,
     DEFAULT_TIMEOUT,
     NotModified,
+    _peek_key,
     _write_atomic,
     check_fetched_feed,
     open_feed_source,
@@ -73,8 +82,11 @@ __all__ = [
     "InstalledFeed",
     "SyncResult",
     "feeds_in_force",
+    "load_pinned_keys",
     "read_status",
+    "sync_all",
     "sync_feed",
+    "sync_pinned",
 ]
 
 log = logging.getLogger("safenest.feed.sync")
@@ -418,3 +430,102 @@ def _sync_locked(
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- several pinned keys
+
+
+def load_pinned_keys(keys_dir: str | os.PathLike) -> tuple[list[PublicKey], list[str]]:
+    """Every ``*.pub`` key in ``keys_dir`` (sorted by file name), and one message per file that
+    cannot be read as a key (those are skipped). A folder that does not exist holds no key."""
+    folder = Path(keys_dir)
+    keys: list[PublicKey] = []
+    problems: list[str] = []
+    if not folder.is_dir():
+        return keys, problems
+    for path in sorted(folder.glob("*.pub")):
+        try:
+            keys.append(load_public_key(path))
+        except FeedError as exc:
+            problems.append(str(exc))
+    return keys, problems
+
+
+def _remembered_key(url: str, keys: list[PublicKey], store_dir: Path) -> PublicKey | None:
+    """The pinned key this URL was synced with last time, from the publishers' status.json."""
+    if not store_dir.is_dir():
+        return None
+    by_id = {k.key_id: k for k in keys}
+    for pub_dir in sorted(p for p in store_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        status = read_status(store_dir, pub_dir.name)
+        key = by_id.get(status.get("key_id"))
+        if status.get("url") == url and key is not None and key.publisher_id == pub_dir.name:
+            return key
+    return None
+
+
+def sync_pinned(
+    url: str,
+    keys: list[PublicKey],
+    store_dir: str | os.PathLike,
+    *,
+    keys_label: str = "the pinned keys",
+    allow_insecure: bool = False,
+    timeout: float = DEFAULT_TIMEOUT,
+    deadline: float = DEFAULT_DEADLINE,
+    now: datetime | None = None,
+    **kw,
+) -> SyncResult:
+    """Sync the feed at ``url`` with the pinned key whose key id its manifest names.
+
+    Like :func:`sync_feed`, never raises for a bad feed: a feed signed with a key that is not
+    among ``keys`` is ``rejected`` with reason ``unknown_key`` (``keys_label`` says where keys
+    are pinned, for the message)."""
+    url = os.fspath(url)
+    store = Path(store_dir)
+    opts = dict(allow_insecure=allow_insecure, timeout=timeout, deadline=deadline, now=now, **kw)
+    key = _remembered_key(url, keys, store)
+    if key is not None:
+        result = sync_feed(url, key, store, **opts)
+        if result.reason != "wrong_key":
+            return result
+
+    def rejected(reason: str, message: str, publisher: str = "?") -> SyncResult:
+        log.warning("feed %s rejected: %s", url, message)
+        return SyncResult(REJECTED, publisher, url, None, reason=reason, message=message)
+
+    try:
+        _check_url(url, allow_insecure)
+        source = open_feed_source(url, allow_insecure, timeout, deadline)
+        try:
+            manifest_bytes = source.read(MANIFEST_NAME, MAX_MANIFEST_BYTES)
+        finally:
+            source.close()
+    except FeedError as exc:
+        return rejected(exc.reason, str(exc))
+    key_id, publisher = _peek_key(manifest_bytes)
+    chosen = next((k for k in keys if k.key_id == key_id), None)
+    if chosen is None:
+        names = f"key id {key_id}" if key_id else "no key id"
+        return rejected(
+            "unknown_key",
+            f"unknown key: the feed names {names} (publisher {publisher or '?'}), and no key in "
+            f"{keys_label} has it; pin the publisher's .pub file there to trust this feed",
+            publisher if publisher and PUBLISHER_ID_RE.fullmatch(publisher) else "?",
+        )
+    return sync_feed(url, chosen, store, **opts)
+
+
+def sync_all(
+    urls: list[str],
+    keys_dir: str | os.PathLike,
+    store_dir: str | os.PathLike,
+    **kw,
+) -> list[SyncResult]:
+    """Sync every feed in ``urls`` with the keys pinned in ``keys_dir``, one after the other;
+    one result per URL, in order (``kw`` as for :func:`sync_pinned`)."""
+    keys, problems = load_pinned_keys(keys_dir)
+    for problem in problems:
+        log.warning("pinned key skipped: %s", problem)
+    label = f"{os.fspath(keys_dir)} (feed_keys_dir)"
+    return [sync_pinned(url, keys, store_dir, keys_label=label, **kw) for url in urls]
