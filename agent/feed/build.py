@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -47,6 +46,7 @@ from agent.feed.format import (
     parse_manifest,
 )
 from agent.feed.sign import SecretKey, load_secret_key, sign
+from agent.feed.verify import write_atomic
 from agent.index.sources import ParseStats, read_domains
 
 __all__ = [
@@ -64,6 +64,7 @@ __all__ = [
 CATEGORIES_FILE = "categories.json"
 DEFAULT_VALID_DAYS = 30
 LISTS_DIR = "lists"
+PUBLIC = 0o644  # a feed is served by a web server: readable by all
 _SOURCE_NAME = re.compile(r"([a-z0-9_]+)(?:\.(allow)|\.(00|12|16|18))?\.txt")
 
 
@@ -182,22 +183,6 @@ def _previous(out: Path) -> Manifest | None:
             f"cannot read the version of the feed already in {path} ({exc}); "
             "pass a version to build over it"
         ) from None
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # served by a web server: readable by all
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _without_covered(domains: set[str]) -> set[str]:
@@ -346,9 +331,9 @@ def build_feed(
 
     out.mkdir(parents=True, exist_ok=True)
     for path, data in payloads.items():
-        _write_atomic(out.joinpath(*path.split("/")), data)
-    _write_atomic(out / MANIFEST_NAME, manifest_bytes)
-    _write_atomic(out / SIGNATURE_NAME, sign(secret, manifest_bytes))
+        write_atomic(out.joinpath(*path.split("/")), data, PUBLIC)
+    write_atomic(out / MANIFEST_NAME, manifest_bytes, PUBLIC)
+    write_atomic(out / SIGNATURE_NAME, sign(secret, manifest_bytes), PUBLIC)
 
     removed: list[str] = []
     lists_dir = out / LISTS_DIR

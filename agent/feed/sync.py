@@ -70,9 +70,9 @@ from agent.feed.verify import (
     DEFAULT_TIMEOUT,
     NotModified,
     _peek_key,
-    _write_atomic,
     check_fetched_feed,
     open_feed_source,
+    write_atomic,
 )
 
 __all__ = [
@@ -237,7 +237,7 @@ def _locked(pub_dir: Path) -> Iterator[None]:
 
 
 def _write_status(pub_dir: Path, status: dict) -> None:
-    _write_atomic(pub_dir / STATUS_NAME, (json.dumps(status, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
+    write_atomic(pub_dir / STATUS_NAME, (json.dumps(status, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
 
 
 def _feed_summary(feed: InstalledFeed, now: datetime) -> dict:

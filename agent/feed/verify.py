@@ -357,7 +357,8 @@ def _check_list(
             os.unlink(tmp.name)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Write to a temp file beside `path`, fsync, then rename over it: all or nothing."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
@@ -365,6 +366,8 @@ def _write_atomic(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -466,6 +469,6 @@ def check_fetched_feed(
     for i, lst in enumerate(manifest.lists):
         remaining -= _check_list(source, lst, i, min(max_list_bytes, remaining), out)
     if out is not None:
-        _write_atomic(out / SIGNATURE_NAME, sig)
-        _write_atomic(out / MANIFEST_NAME, manifest_bytes)
+        write_atomic(out / SIGNATURE_NAME, sig)
+        write_atomic(out / MANIFEST_NAME, manifest_bytes)
     return manifest
