@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.index_bench
 	$(BIN)/python -m bench.memory
+	$(BIN)/python -m bench.feed
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
