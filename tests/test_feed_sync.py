@@ -397,3 +397,15 @@ def test_cli(site, tmp_path):
     assert r.exit_code == 1
     assert "rejected: sha256_mismatch: sha256 mismatch for list lists/gambling.txt" in r.stdout
     assert r.stdout.rstrip().endswith("; v2 in force")
+
+
+def test_a_version_published_in_the_same_second_is_not_missed(site):
+    # A static server without ETags: Last-Modified has whole seconds only.
+    site.server.handler.use_etag = False
+    stamp = int(time.time())
+    os.utime(site.out / "manifest.json", (stamp, stamp))
+    assert site.sync().result == "accepted"
+    site.publish()  # version 2 ...
+    os.utime(site.out / "manifest.json", (stamp, stamp))  # ... with the same Last-Modified second
+    r = site.sync()
+    assert (r.result, r.version) == ("accepted", 2)

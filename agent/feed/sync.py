@@ -49,6 +49,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -393,7 +394,7 @@ def _sync_locked(
             if previous and validators.get("url") == url:
                 if validators.get("etag"):
                     headers["If-None-Match"] = validators["etag"]
-                if validators.get("last_modified"):
+                if _strong_last_modified(validators):
                     headers["If-Modified-Since"] = validators["last_modified"]
             try:
                 manifest_bytes = source.read(MANIFEST_NAME, MAX_MANIFEST_BYTES, headers or None, fetched)
@@ -529,3 +530,15 @@ def sync_all(
         log.warning("pinned key skipped: %s", problem)
     label = f"{os.fspath(keys_dir)} (feed_keys_dir)"
     return [sync_pinned(url, keys, store_dir, keys_label=label, **kw) for url in urls]
+
+
+def _strong_last_modified(validators: dict) -> bool:
+    """Whether If-Modified-Since can be trusted (RFC 9110 8.8.2.2): Last-Modified has whole
+    seconds, so a version published in the same second as the one we fetched would look
+    unmodified, unless the server's Date was at least a second later than Last-Modified."""
+    try:
+        modified = parsedate_to_datetime(validators["last_modified"])
+        served = parsedate_to_datetime(validators["date"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    return (served - modified).total_seconds() >= 1

@@ -181,6 +181,7 @@ class _HttpSource(_Source):
             if info is not None:
                 info["etag"] = response.headers.get("ETag")
                 info["last_modified"] = response.headers.get("Last-Modified")
+                info["date"] = response.headers.get("Date")
             total = 0
             try:
                 for chunk in _pieces(response):
