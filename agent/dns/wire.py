@@ -22,7 +22,6 @@ AA = 0x0400
 TC = 0x0200
 RD = 0x0100
 RA = 0x0080
-AD = 0x0020
 CD = 0x0010
 
 # Response codes (RFC 1035, 6891).
@@ -30,7 +29,7 @@ NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
 BADVERS = 16
 
 # Record types used by name.
-T_A, T_NS, T_CNAME, T_SOA, T_AAAA, T_OPT, T_HTTPS, T_ANY = 1, 2, 5, 6, 28, 41, 65, 255
+T_A, T_SOA, T_AAAA, T_OPT, T_ANY = 1, 6, 28, 41, 255
 C_IN = 1
 
 # What we advertise to clients and upstreams: the DNS Flag Day 2020 size.
@@ -39,10 +38,8 @@ DO_BIT = 0x8000
 EDE_OPTION = 15  # Extended DNS Errors, RFC 8914
 
 # Extended DNS Error info codes we send.
-EDE_STALE_ANSWER = 3
 EDE_BLOCKED = 15
 EDE_NETWORK_ERROR = 23
-EDE_NOT_READY = 14
 
 
 class Malformed(Exception):
@@ -351,10 +348,3 @@ def record(rtype: int, ttl: int, rdata: bytes) -> bytes:
     """A record owned by the question name (a pointer to offset 12)."""
     return b"\xc0\x0c" + RR_FIXED.pack(rtype, C_IN, ttl, len(rdata)) + rdata
 
-
-def answer_rcode(data: bytes) -> int:
-    return data[3] & 0xF
-
-
-def answer_count(data: bytes) -> int:
-    return U16.unpack_from(data, 6)[0]

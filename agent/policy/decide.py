@@ -12,7 +12,7 @@ specific block entry whose category is blocked; otherwise allow.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..index import DomainIndex, Match
 
@@ -47,7 +47,6 @@ class Snapshot:
     index: DomainIndex
     blocked_categories: frozenset[str] | None = None
     label: str = ""
-    extra: dict = field(default_factory=dict, compare=False)
 
 
 def decide(qname_key: bytes, snapshot: Snapshot) -> Decision:
