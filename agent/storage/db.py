@@ -1,0 +1,100 @@
+"""One SQLite file: WAL mode, one connection per thread, numbered migrations through sqlite-utils.
+
+WAL lets the DNS process read while the admin page writes, and batches fsyncs, which an SD
+card needs. sqlite3 connections must not be shared between threads, so each thread gets its
+own, opened on first use and tuned the same way.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlite_utils
+
+BUSY_TIMEOUT_MS = 5_000
+
+
+@dataclass(frozen=True)
+class Migration:
+    """Step `version` of a schema; `apply` gets a sqlite_utils.Database inside a transaction."""
+
+    version: int
+    name: str
+    apply: Callable[[sqlite_utils.Database], None]
+
+
+class Database:
+    """A database file shared by threads; `db` is this thread's sqlite_utils.Database."""
+
+    def __init__(self, path: str | Path, migrations: Sequence[Migration] = ()):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._migrations = tuple(sorted(migrations, key=lambda m: m.version))
+        versions = [m.version for m in self._migrations]
+        if len(set(versions)) != len(versions):
+            raise ValueError(f"{self.path.name}: two migrations share a version number")
+        self.migrate()
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL: in WAL mode a power cut may lose the last commits but never corrupts the file.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            db = self._local.db = sqlite_utils.Database(conn)
+        return db
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        return self.db.conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite_utils.Database]:
+        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception: all or nothing."""
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def schema_version(self) -> int:
+        return self.conn.execute("PRAGMA user_version").fetchone()[0]
+
+    def migrate(self) -> int:
+        """Apply the migrations newer than the file's `user_version`, each in its own transaction."""
+        for migration in self._migrations:
+            with self.transaction() as db:
+                # Read inside the transaction: two processes starting together must not both apply it.
+                if db.conn.execute("PRAGMA user_version").fetchone()[0] >= migration.version:
+                    continue
+                migration.apply(db)
+                db.conn.execute(f"PRAGMA user_version={int(migration.version)}")
+        return self.schema_version()
+
+    def data_version(self) -> int:
+        """Changes when another connection commits: a cheap way to notice the admin's edits."""
+        return self.conn.execute("PRAGMA data_version").fetchone()[0]
+
+    def close(self) -> None:
+        """Close this thread's connection (other threads close theirs when they end)."""
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.conn.close()
+            self._local.db = None
+
+
+def open_database(path: str | Path, migrations: Sequence[Migration] = ()) -> Database:
+    return Database(path, migrations)
