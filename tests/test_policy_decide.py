@@ -1,0 +1,1063 @@
+"""The policy decision: precedence tables, overrides, schedules, SafeSearch, canaries, devices,
+next_change and ttl_cap, over a real DomainIndex compiled from list files."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from agent.policy import PolicyDecision, build_snapshot, decide_for_client, decide_policy
+from agent.policy.model import Device, Override, Profile, Rule, Schedule
+from tests.policy_fixtures import (
+    CATALOGUE,
+    CRITERIA,
+    DAD,
+    DEFAULT,
+    FAMILY,
+    HCM,
+    LAN,
+    LINH,
+    MINH,
+    NOW,
+    build_test_index,
+    family_policy,
+    q,
+)
+
+A, AAAA, MX, TXT, HTTPS = 1, 28, 15, 16, 65
+EVERY_DAY = frozenset(range(7))
+SAT = 5
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory):
+    ix = build_test_index(tmp_path_factory.mktemp("policy"))
+    yield ix
+    ix.close()
+
+
+@pytest.fixture
+def snap(index):
+    def make(**changes):
+        return build_snapshot(family_policy(**changes), CRITERIA, index, CATALOGUE, "test")
+
+    return make
+
+
+def decide(snapshot, name, profile, now=NOW, qtype=A) -> PolicyDecision:
+    return decide_policy(q(name), qtype, profile, now, snapshot)
+
+
+def hm(h: int, m: int = 0, day: int = 28) -> datetime:
+    """A time on Saturday 2026-11-28 (or another day of that week) in Vietnam."""
+    return datetime(2026, 11, day, h, m, tzinfo=HCM)
+
+
+# -- categories by band ----------------------------------------------------------------------
+
+CATEGORY_TABLE = [
+    # name, {profile id: expected reason}
+    ("evil.example", {p: "always=malware" for p in ("lan", "minh", "linh", "dad", "default")}),
+    (
+        "x.adultsite.example",
+        {
+            "lan": "category=adult min_age=18+",
+            "minh": "category=adult min_age=18+",
+            "linh": "category=adult min_age=18+",
+            "dad": "default",
+        },
+    ),
+    # sex_education (12+) allow list beats adult from 12 on, never for a 9-year-old
+    (
+        "health.adultsite.example",
+        {
+            "lan": "category=adult min_age=18+",
+            "minh": "allowlist=sex_education",
+            "linh": "allowlist=sex_education",
+            "dad": "allowlist=sex_education",
+        },
+    ),
+    (
+        "game.example",
+        {"lan": "category=online_games min_age=12+", "minh": "default", "dad": "default"},
+    ),
+    # a list with its own age: online_games@18+
+    (
+        "battle.example",
+        {
+            "lan": "category=online_games min_age=18+",
+            "minh": "category=online_games min_age=18+",
+            "linh": "category=online_games min_age=18+",
+            "dad": "default",
+        },
+    ),
+    # the most specific suffix is online_games (12+), a parent is social_networks (16+)
+    (
+        "play.social.example",
+        {
+            "lan": "category=online_games min_age=12+",
+            "minh": "category=social_networks min_age=16+",
+            "linh": "default",
+        },
+    ),
+    ("video.example", {"lan": "default", "minh": "default"}),  # 00+: never blocked by age
+    ("ads.example", {"lan": "default", "dad": "default"}),  # off: never blocked by age
+    ("mystery.example", {"lan": "category=mystery min_age=18+", "dad": "default"}),  # unknown: 18+
+    ("example.org", {"lan": "default", "dad": "default"}),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "profile", "reason"),
+    [(n, p, r) for n, table in CATEGORY_TABLE for p, r in table.items()],
+)
+def test_categories_by_band(snap, name, profile, reason):
+    s = snap()
+    d = decide(s, name, s.policy.profile(profile))
+    assert d.reason == reason
+    assert d.action == (
+        "allow" if reason in ("default",) or reason.startswith("allowlist") else "block"
+    )
+    assert d.profile == profile
+
+
+def test_category_block_names_its_list_and_age(snap):
+    d = decide(snap(), "www.battle.example", LAN)
+    assert (d.category, d.min_age, d.band) == ("online_games", "18+", "00+")
+    assert d.match is not None and d.match.listed == "battle.example"
+    assert d.match.sources == ("test/online_games@18+.block.txt",)
+    text = d.explain()
+    assert "profile lan (00+)" in text and "online_games is for 18+" in text
+    assert "test/online_games@18+.block.txt" in text
+
+
+@pytest.mark.parametrize(
+    ("choices", "name", "profile", "reason"),
+    [
+        (
+            {"video_streaming": "block"},
+            "video.example",
+            MINH,
+            "category=video_streaming choice=block",
+        ),
+        ({"ads_trackers": "block"}, "ads.example", MINH, "category=ads_trackers choice=block"),
+        ({"online_games": "allow"}, "game.example", LAN, "default"),
+        ({"online_games": "allow"}, "battle.example", LAN, "default"),  # the id covers id@band
+        ({"adult": "allow"}, "adultsite.example", MINH, "default"),
+        ({"malware": "allow"}, "evil.example", MINH, "always=malware"),  # never loosened
+        ({"sex_education": "allow"}, "health.adultsite.example", LAN, "allowlist=sex_education"),
+        (
+            {"sex_education": "block"},
+            "health.adultsite.example",
+            MINH,
+            "category=adult min_age=18+",
+        ),
+    ],
+)
+def test_parent_choices_per_profile(snap, choices, name, profile, reason):
+    changed = Profile(
+        profile.id, profile.name, birth=profile.birth, band=profile.band, categories=choices
+    )
+    s = snap(profiles=tuple(changed if p.id == profile.id else p for p in FAMILY))
+    assert decide(s, name, changed).reason == reason
+
+
+def test_band_follows_the_birthday(snap):
+    s = snap()
+    # Minh (born May 2012) turns 16 on 2028-05-01 in Vietnam; Lan (March 2017) 12 on 2029-03-01.
+    before = datetime(2028, 4, 30, 23, 59, tzinfo=HCM)
+    after = datetime(2028, 5, 1, 0, 0, tzinfo=HCM)
+    assert (
+        decide(s, "play.social.example", MINH, before).reason
+        == "category=social_networks min_age=16+"
+    )
+    assert decide(s, "play.social.example", MINH, after).reason == "default"
+    assert decide(s, "game.example", LAN, datetime(2029, 2, 28, 23, 59, tzinfo=HCM)).blocked
+    assert not decide(s, "game.example", LAN, datetime(2029, 3, 1, tzinfo=HCM)).blocked
+    assert decide(s, "game.example", LAN, after).band == "00+"
+
+
+# -- precedence: every pair ------------------------------------------------------------------
+
+REWARD_ALL_DAY = dict(starts=hm(0), until=hm(23, 59))
+PAUSE_NOW = Override("stop", "lan", "pause", hm(9), hm(11), note="dinner")
+BEDTIME = Schedule("bed", "lan", "Bedtime", EVERY_DAY, "09:00", "11:00", "internet_off")
+
+
+def reward(oid="r1", **what):
+    return Override(oid, "lan", "reward", **REWARD_ALL_DAY, **what)
+
+
+PRECEDENCE = [
+    # (id, policy changes, name, qtype, action, reason, answer)
+    # always beats everything below it
+    ("always>bypass", {}, "proxy.evil.example", A, "block", "always=malware", ""),
+    (
+        "always>reward",
+        {"overrides": (reward(domains=frozenset({"evil.example"})),)},
+        "evil.example",
+        A,
+        "block",
+        "always=malware",
+        "",
+    ),
+    (
+        "always>reward-category",
+        {"overrides": (reward(categories=frozenset({"online_games"})),)},
+        "bad.play.game.example",
+        A,
+        "block",
+        "always=malware",
+        "",
+    ),
+    (
+        "always>rule",
+        {"rules": (Rule("evil.example", "allow", "lan"),)},
+        "evil.example",
+        A,
+        "block",
+        "always=malware",
+        "",
+    ),
+    (
+        "always>everyone-rule",
+        {"rules": (Rule("evil.example", "allow"),)},
+        "evil.example",
+        A,
+        "block",
+        "always=malware",
+        "",
+    ),
+    # bypass defaults beat overrides, rules and the rest
+    (
+        "bypass>pause",
+        {"overrides": (PAUSE_NOW,)},
+        "use-application-dns.net",
+        A,
+        "block",
+        "bypass=doh-canary",
+        "nxdomain",
+    ),
+    (
+        "bypass>reward",
+        {"overrides": (reward(domains=frozenset({"vpn.example"})),)},
+        "vpn.example",
+        A,
+        "block",
+        "bypass=filter_bypass",
+        "",
+    ),
+    (
+        "bypass>rule",
+        {"rules": (Rule("mask.icloud.com", "allow", "lan"),)},
+        "mask.icloud.com",
+        A,
+        "block",
+        "bypass=private-relay",
+        "nxdomain",
+    ),
+    (
+        "bypass>category-allow",
+        {"rules": (Rule("resolver.arpa", "allow"),)},
+        "_dns.resolver.arpa",
+        A,
+        "block",
+        "bypass=resolver-discovery",
+        "nodata",
+    ),
+    # overrides beat rules, schedules, services, categories
+    (
+        "pause>rule",
+        {"overrides": (PAUSE_NOW,), "rules": (Rule("example.org", "allow", "lan"),)},
+        "example.org",
+        A,
+        "block",
+        "override=pause:stop",
+        "",
+    ),
+    (
+        "reward>rule",
+        {
+            "overrides": (reward(domains=frozenset({"casino.example"})),),
+            "rules": (Rule("casino.example", "block", "lan"),),
+        },
+        "casino.example",
+        A,
+        "allow",
+        "override=reward:r1",
+        "",
+    ),
+    (
+        "reward>schedule",
+        {"overrides": (reward(services=frozenset({"youtube"})),), "schedules": (BEDTIME,)},
+        "youtube.com",
+        A,
+        "allow",
+        "override=reward:r1",
+        "",
+    ),
+    (
+        "reward>service",
+        {
+            "overrides": (reward(services=frozenset({"tiktok"})),),
+            "profiles": (
+                LAN.__class__("lan", "Lan", birth=(2017, 3), services=frozenset({"tiktok"})),
+                MINH,
+                LINH,
+                DAD,
+                DEFAULT,
+            ),
+        },
+        "tiktok.com",
+        A,
+        "allow",
+        "override=reward:r1",
+        "",
+    ),
+    (
+        "reward>category",
+        {"overrides": (reward(categories=frozenset({"online_games"})),)},
+        "game.example",
+        A,
+        "allow",
+        "override=reward:r1",
+        "",
+    ),
+    (
+        "reward-not-other-category",
+        {"overrides": (reward(categories=frozenset({"online_games"})),)},
+        "play.social.example",
+        A,
+        "block",
+        "category=online_games min_age=12+",
+        "",
+    ),
+    # rules beat schedules, services, categories; the profile's beat everyone's
+    (
+        "rule>schedule",
+        {"schedules": (BEDTIME,), "rules": (Rule("wiki.example", "allow", "lan"),)},
+        "en.wiki.example",
+        A,
+        "allow",
+        "rule=allow:wiki.example",
+        "",
+    ),
+    (
+        "everyone-rule>schedule",
+        {"schedules": (BEDTIME,), "rules": (Rule("school.example", "allow"),)},
+        "school.example",
+        A,
+        "allow",
+        "rule=allow:school.example",
+        "",
+    ),
+    (
+        "rule>service",
+        {
+            "profiles": (
+                Profile("lan", "Lan", birth=(2017, 3), services=frozenset({"youtube"})),
+                MINH,
+                LINH,
+                DAD,
+                DEFAULT,
+            ),
+            "rules": (Rule("youtube.com", "allow", "lan"),),
+        },
+        "youtube.com",
+        A,
+        "allow",
+        "rule=allow:youtube.com",
+        "",
+    ),
+    (
+        "rule>category",
+        {"rules": (Rule("game.example", "allow", "lan"),)},
+        "game.example",
+        A,
+        "allow",
+        "rule=allow:game.example",
+        "",
+    ),
+    (
+        "block-rule>nothing",
+        {"rules": (Rule("example.org", "block", "lan"),)},
+        "www.example.org",
+        A,
+        "block",
+        "rule=block:example.org",
+        "",
+    ),
+    (
+        "profile-rule>everyone-rule",
+        {"rules": (Rule("social.example", "block"), Rule("social.example", "allow", "lan"))},
+        "social.example",
+        A,
+        "allow",
+        "rule=allow:social.example",
+        "",
+    ),
+    (
+        "profile-rule-less-specific>everyone",
+        {"rules": (Rule("www.social.example", "allow"), Rule("social.example", "block", "lan"))},
+        "www.social.example",
+        A,
+        "block",
+        "rule=block:social.example",
+        "",
+    ),
+    (
+        "most-specific-rule",
+        {
+            "rules": (
+                Rule("adultsite.example", "block", "lan"),
+                Rule("www.adultsite.example", "allow", "lan"),
+            )
+        },
+        "www.adultsite.example",
+        A,
+        "allow",
+        "rule=allow:www.adultsite.example",
+        "",
+    ),
+    (
+        "equal-specificity-block-wins",
+        {"rules": (Rule("example.org", "allow", "lan"), Rule("example.org", "block", "lan"))},
+        "example.org",
+        A,
+        "block",
+        "rule=block:example.org",
+        "",
+    ),
+    (
+        "equal-specificity-block-wins-2",
+        {"rules": (Rule("example.org", "block"), Rule("example.org", "allow"))},
+        "example.org",
+        A,
+        "block",
+        "rule=block:example.org",
+        "",
+    ),
+    (
+        "everyone-rule>category",
+        {"rules": (Rule("casino.example", "allow"),)},
+        "casino.example",
+        A,
+        "allow",
+        "rule=allow:casino.example",
+        "",
+    ),
+    (
+        "other-profile-rule-ignored",
+        {"rules": (Rule("game.example", "allow", "minh"),)},
+        "game.example",
+        A,
+        "block",
+        "category=online_games min_age=12+",
+        "",
+    ),
+    # schedules beat services and categories
+    (
+        "schedule>service",
+        {
+            "schedules": (BEDTIME,),
+            "profiles": (
+                Profile("lan", "Lan", birth=(2017, 3), services=frozenset({"tiktok"})),
+                MINH,
+                LINH,
+                DAD,
+                DEFAULT,
+            ),
+        },
+        "tiktok.com",
+        A,
+        "block",
+        "schedule=bed",
+        "",
+    ),
+    (
+        "schedule>category-allowlist",
+        {"schedules": (BEDTIME,)},
+        "example.org",
+        A,
+        "block",
+        "schedule=bed",
+        "",
+    ),
+    (
+        "bedtime-lets-allow-categories",
+        {
+            "schedules": (BEDTIME,),
+            "profiles": (
+                Profile("lan", "Lan", birth=(2017, 3), categories={"video_streaming": "allow"}),
+                MINH,
+                LINH,
+                DAD,
+                DEFAULT,
+            ),
+        },
+        "video.example",
+        A,
+        "allow",
+        "default",
+        "",
+    ),
+    (
+        "homework-blocks-categories",
+        {
+            "schedules": (
+                Schedule(
+                    "hw",
+                    "lan",
+                    "Homework",
+                    EVERY_DAY,
+                    "09:00",
+                    "11:00",
+                    "block",
+                    categories=frozenset({"video_streaming"}),
+                ),
+            )
+        },
+        "video.example",
+        A,
+        "block",
+        "schedule=hw",
+        "",
+    ),
+    (
+        "homework-blocks-services",
+        {
+            "schedules": (
+                Schedule(
+                    "hw",
+                    "lan",
+                    "Homework",
+                    EVERY_DAY,
+                    "09:00",
+                    "11:00",
+                    "block",
+                    services=frozenset({"roblox"}),
+                ),
+            )
+        },
+        "www.roblox.com",
+        A,
+        "block",
+        "schedule=hw",
+        "",
+    ),
+    (
+        "homework-leaves-the-rest",
+        {
+            "schedules": (
+                Schedule(
+                    "hw",
+                    "lan",
+                    "Homework",
+                    EVERY_DAY,
+                    "09:00",
+                    "11:00",
+                    "block",
+                    services=frozenset({"roblox"}),
+                ),
+            )
+        },
+        "example.org",
+        A,
+        "allow",
+        "default",
+        "",
+    ),
+    # services beat categories
+    (
+        "service>category",
+        {
+            "profiles": (
+                Profile("lan", "Lan", birth=(2017, 3), services=frozenset({"tiktok"})),
+                MINH,
+                LINH,
+                DAD,
+                DEFAULT,
+            )
+        },
+        "www.tiktok.com",
+        A,
+        "block",
+        "service=tiktok",
+        "",
+    ),
+    (
+        "service-unlisted-domain",
+        {
+            "profiles": (
+                Profile("lan", "Lan", birth=(2017, 3), services=frozenset({"tiktok"})),
+                MINH,
+                LINH,
+                DAD,
+                DEFAULT,
+            )
+        },
+        "v16.tiktokcdn.com",
+        A,
+        "block",
+        "service=tiktok",
+        "",
+    ),
+    # categories beat allow-list mode; allow lists and "allow" categories pass it
+    (
+        "category>allowlist-mode",
+        {
+            "profiles": (
+                Profile("lan", "Lan", birth=(2017, 3), allowlist_mode=True),
+                MINH,
+                LINH,
+                DAD,
+                DEFAULT,
+            )
+        },
+        "casino.example",
+        A,
+        "block",
+        "category=gambling min_age=18+",
+        "",
+    ),
+    (
+        "allowlist-mode",
+        {
+            "profiles": (
+                Profile("lan", "Lan", birth=(2017, 3), allowlist_mode=True),
+                MINH,
+                LINH,
+                DAD,
+                DEFAULT,
+            )
+        },
+        "example.org",
+        A,
+        "block",
+        "allowlist-mode",
+        "",
+    ),
+    (
+        "allowlist-mode-allow-category",
+        {
+            "profiles": (
+                Profile(
+                    "lan",
+                    "Lan",
+                    birth=(2017, 3),
+                    allowlist_mode=True,
+                    categories={"video_streaming": "allow"},
+                ),
+                MINH,
+                LINH,
+                DAD,
+                DEFAULT,
+            )
+        },
+        "video.example",
+        A,
+        "allow",
+        "category=video_streaming choice=allow",
+        "",
+    ),
+    (
+        "allowlist-mode-rule",
+        {
+            "profiles": (
+                Profile("lan", "Lan", birth=(2017, 3), allowlist_mode=True),
+                MINH,
+                LINH,
+                DAD,
+                DEFAULT,
+            ),
+            "rules": (Rule("school.example", "allow", "lan"),),
+        },
+        "school.example",
+        A,
+        "allow",
+        "rule=allow:school.example",
+        "",
+    ),
+    (
+        "allowlist-mode-safesearch",
+        {
+            "profiles": (
+                Profile("lan", "Lan", birth=(2017, 3), allowlist_mode=True),
+                MINH,
+                LINH,
+                DAD,
+                DEFAULT,
+            ),
+            "rules": (Rule("google.com", "allow", "lan"),),
+        },
+        "www.google.com",
+        A,
+        "rewrite",
+        "safesearch=google",
+        "",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("changes", "name", "qtype", "action", "reason", "answer"),
+    [case[1:] for case in PRECEDENCE],
+    ids=[case[0] for case in PRECEDENCE],
+)
+def test_precedence(snap, changes, name, qtype, action, reason, answer):
+    s = snap(**changes)
+    assert s.warnings == ()
+    d = decide(s, name, s.policy.profile("lan"), hm(10), qtype)
+    assert (d.action, d.reason, d.answer) == (action, reason, answer)
+    assert d.blocked is (action == "block")
+    assert d.explain()
+
+
+# -- overrides over time ---------------------------------------------------------------------
+
+
+def test_reward_ends_by_itself(snap):
+    games = Override(
+        "sat-games",
+        "lan",
+        "reward",
+        hm(10),
+        hm(11),
+        categories=frozenset({"online_games"}),
+        note="extra hour",
+    )
+    s = snap(overrides=(games,))
+    assert decide(s, "game.example", LAN, hm(9, 59)).reason == "category=online_games min_age=12+"
+    d = decide(s, "game.example", LAN, hm(10))
+    assert (d.action, d.reason, d.detail) == ("allow", "override=reward:sat-games", "extra hour")
+    assert "a reward allows it" in d.explain() and "extra hour" in d.explain()
+    assert decide(s, "game.example", LAN, hm(10, 59)).action == "allow"
+    assert decide(s, "game.example", LAN, hm(11)).reason == "category=online_games min_age=12+"
+    # Asked again for an earlier instant (explain --at): the memo does not leak across times.
+    assert decide(s, "game.example", LAN, hm(10, 30)).action == "allow"
+    assert decide(s, "game.example", MINH, hm(10, 30)).reason == "default"  # Minh's own policy
+
+
+def test_pause_blocks_everything_until_it_ends(snap):
+    s = snap(overrides=(Override("p", "minh", "pause", hm(10), hm(10, 30)),))
+    assert decide(s, "example.org", MINH, hm(9, 59)).action == "allow"
+    d = decide(s, "example.org", MINH, hm(10))
+    assert (d.action, d.reason, d.answer) == ("block", "override=pause:p", "")
+    assert decide(s, "www.google.com", MINH, hm(10, 29)).action == "block"
+    assert decide(s, "example.org", MINH, hm(10, 30)).action == "allow"
+    assert decide(s, "example.org", LAN, hm(10)).action == "allow"  # only Minh is paused
+
+
+def test_schedule_in_the_decision(snap):
+    bed = Schedule(
+        "school-nights",
+        "minh",
+        "School nights",
+        frozenset({6, 0, 1, 2, 3}),
+        "21:30",
+        "06:30",
+        "internet_off",
+    )
+    s = snap(schedules=(bed,))
+    sunday_evening = datetime(2026, 11, 29, 21, 30, tzinfo=HCM)
+    monday_morning = datetime(2026, 11, 30, 6, 29, tzinfo=HCM)
+    assert decide(s, "example.org", MINH, sunday_evening - timedelta(minutes=1)).action == "allow"
+    d = decide(s, "example.org", MINH, sunday_evening)
+    assert (d.reason, d.detail) == ("schedule=school-nights", "School nights")
+    assert "School nights" in d.explain()
+    assert decide(s, "example.org", MINH, monday_morning).blocked
+    assert not decide(s, "example.org", MINH, monday_morning + timedelta(minutes=1)).blocked
+    assert not decide(
+        s, "example.org", MINH, datetime(2026, 12, 5, 1, 0, tzinfo=HCM)
+    ).blocked  # Fri night
+    assert not decide(s, "example.org", LAN, sunday_evening).blocked
+
+
+# -- SafeSearch ------------------------------------------------------------------------------
+
+SAFESEARCH = [
+    # profile, host, qtype, expected target ("" = allowed as is)
+    (LAN, "www.google.com", A, "forcesafesearch.google.com"),
+    (LAN, "www.google.com.vn", AAAA, "forcesafesearch.google.com"),
+    (LAN, "google.com", HTTPS, "forcesafesearch.google.com"),
+    (LAN, "www.google.com", MX, ""),
+    (LAN, "www.google.com", TXT, ""),
+    (LAN, "mail.google.com", A, ""),  # exact hosts only
+    (LAN, "www.youtube.com", A, "restrict.youtube.com"),  # 00+: strict
+    (MINH, "www.youtube.com", A, "restrictmoderate.youtube.com"),  # 12+: moderate
+    (LINH, "m.youtube.com", HTTPS, "restrictmoderate.youtube.com"),  # 16+: moderate
+    (DEFAULT, "www.youtube.com", AAAA, "restrictmoderate.youtube.com"),
+    (DAD, "www.youtube.com", A, ""),  # 18+: off
+    (DAD, "www.google.com", A, ""),
+    (MINH, "www.bing.com", A, "strict.bing.com"),
+    (
+        Profile("minh", "Minh", birth=(2012, 5), youtube="strict"),
+        "www.youtube.com",
+        A,
+        "restrict.youtube.com",
+    ),
+    (Profile("minh", "Minh", birth=(2012, 5), youtube="off"), "www.youtube.com", A, ""),
+    (Profile("minh", "Minh", birth=(2012, 5), safesearch="off"), "www.google.com", A, ""),
+    (
+        Profile("dad", "Dad", kind="adult", safesearch="on"),
+        "www.google.com",
+        A,
+        "forcesafesearch.google.com",
+    ),
+    (
+        Profile("dad", "Dad", kind="adult", youtube="moderate"),
+        "www.youtube.com",
+        A,
+        "restrictmoderate.youtube.com",
+    ),
+]
+
+
+@pytest.mark.parametrize(("profile", "host", "qtype", "target"), SAFESEARCH)
+def test_safesearch(snap, profile, host, qtype, target):
+    s = snap(profiles=tuple(profile if p.id == profile.id else p for p in FAMILY))
+    d = decide(s, host, profile, NOW, qtype)
+    if target:
+        assert (d.action, d.target) == ("rewrite", target)
+        assert d.reason.startswith("safesearch=")
+        assert target in d.explain()
+    else:
+        assert (d.action, d.target) == ("allow", "")
+
+
+def test_a_blocked_safesearch_host_stays_blocked(snap):
+    s = snap(
+        profiles=(
+            Profile("lan", "Lan", birth=(2017, 3), services=frozenset({"youtube"})),
+            MINH,
+            LINH,
+            DAD,
+            DEFAULT,
+        )
+    )
+    assert decide(s, "www.youtube.com", s.policy.profile("lan")).reason == "service=youtube"
+
+
+# -- bypass defaults ---------------------------------------------------------------------------
+
+CANARIES = [
+    ("use-application-dns.net", "block", "bypass=doh-canary", "nxdomain"),
+    ("mask.icloud.com", "block", "bypass=private-relay", "nxdomain"),
+    ("mask-h2.icloud.com", "block", "bypass=private-relay", "nxdomain"),
+    ("resolver.arpa", "block", "bypass=resolver-discovery", "nodata"),
+    ("_dns.resolver.arpa", "block", "bypass=resolver-discovery", "nodata"),
+    ("vpn.example", "block", "bypass=filter_bypass", ""),
+    ("www.use-application-dns.net", "allow", "default", ""),  # the canary is the exact name
+    ("x.mask.icloud.com", "allow", "default", ""),
+    ("icloud.com", "allow", "default", ""),
+]
+
+
+@pytest.mark.parametrize(("name", "action", "reason", "answer"), CANARIES)
+@pytest.mark.parametrize("profile", [LAN, MINH, LINH, DEFAULT])
+def test_bypass_defaults_for_children(snap, profile, name, action, reason, answer):
+    d = decide(snap(), name, profile)
+    assert (d.action, d.reason, d.answer) == (action, reason, answer)
+
+
+@pytest.mark.parametrize("name", [c[0] for c in CANARIES])
+def test_no_bypass_defaults_for_adults_or_when_off(snap, name):
+    s = snap(
+        profiles=(
+            Profile("lan", "Lan", birth=(2017, 3), bypass_defaults=False),
+            MINH,
+            LINH,
+            DAD,
+            DEFAULT,
+        )
+    )
+    for profile in (DAD, s.policy.profile("lan")):
+        d = decide(s, name, profile)
+        assert d.answer == ""
+        assert not d.reason.startswith("bypass="), (profile.id, d.reason)
+    # Without the defaults, filter_bypass is an ordinary 18+ category for Lan.
+    assert (
+        decide(s, "vpn.example", s.policy.profile("lan")).reason
+        == "category=filter_bypass min_age=18+"
+    )
+
+
+# -- devices -----------------------------------------------------------------------------------
+
+DEVICE_TABLE = [
+    # ip, mac, expected profile id
+    ("127.0.0.2", None, "lan"),  # exact IP
+    ("127.0.0.3", "aa:bb:cc:dd:ee:01", "minh"),  # IP beats MAC
+    ("127.0.0.9", "aa:bb:cc:dd:ee:01", "lan"),  # MAC
+    ("127.0.0.9", "AA-BB-CC-DD-EE-01", "lan"),  # MAC in another spelling
+    ("10.7.1.5", "aa:bb:cc:dd:ee:01", "lan"),  # MAC beats CIDR
+    ("10.7.1.5", None, "linh"),  # the longest CIDR: 10.7.1.0/24 over 10.7.0.0/16 and 10.0.0.0/8
+    ("10.7.2.5", None, "minh"),  # 10.7.0.0/16
+    ("10.9.9.9", None, "dad"),  # 10.0.0.0/8
+    ("::ffff:127.0.0.2", None, "lan"),  # IPv4-mapped IPv6
+    ("192.168.1.50", None, "default"),  # unknown
+    ("192.168.1.50", "11:22:33:44:55:66", "default"),
+    ("not an ip", None, "default"),
+    ("fd00::1", None, "default"),
+]
+
+
+@pytest.mark.parametrize(("ip", "mac", "expected"), DEVICE_TABLE)
+def test_profile_for(snap, ip, mac, expected):
+    assert snap().profile_for(ip, mac).id == expected
+
+
+def test_decide_for_client_is_profile_for_and_decide(snap):
+    s = snap()
+    assert decide_for_client(q("game.example"), A, "127.0.0.2", None, NOW, s).reason == (
+        "category=online_games min_age=12+"
+    )
+    assert decide_for_client(q("game.example"), A, "127.0.0.3", None, NOW, s).reason == "default"
+    assert decide_for_client(q("casino.example"), A, "10.9.9.9", None, NOW, s).reason == "default"
+    d = decide_for_client(q("casino.example"), A, "192.168.1.50", None, NOW, s)
+    assert (d.profile, d.reason) == ("default", "category=gambling min_age=18+")
+
+
+def test_unknown_profile_is_decided_as_the_default(snap):
+    stranger = Profile("nobody", "Nobody", kind="adult")
+    d = decide(snap(), "casino.example", stranger)
+    assert (d.profile, d.reason) == ("default", "category=gambling min_age=18+")
+
+
+def test_policy_mistakes_are_skipped_and_reported(index):
+    from agent.policy.model import Policy
+
+    policy = Policy(
+        profiles=(LAN,),
+        devices=(
+            Device("x", "X", "ip", "127.0.0.2", "ghost"),
+            Device("y", "Y", "cidr", "10.0.0.0/99", "lan"),
+        ),
+        rules=(Rule("not a domain!", "block"), Rule("casino.example", "allow", "ghost")),
+        default_profile="missing",
+        timezone="Mars/Olympus",
+    )
+    s = build_snapshot(policy, CRITERIA, index, CATALOGUE)
+    assert len(s.warnings) == 6, s.warnings
+    assert s.profile_for("127.0.0.2").id == "missing"  # the built-in 12+ default
+    assert decide(s, "casino.example", s.profile_for("127.0.0.2")).blocked
+    assert decide(s, "game.example", LAN).blocked
+
+
+def test_no_catalogue(index):
+    s = build_snapshot(family_policy(), CRITERIA, index, None)
+    assert decide(s, "www.google.com", LAN).action == "allow"
+
+
+# -- time: next_change, ttl_cap ----------------------------------------------------------------
+
+
+def test_next_change_without_schedules_is_the_next_birthday(snap):
+    s = snap()
+    # Lan turns 12 on 2029-03-01, Minh 16 on 2028-05-01: Minh's comes first.
+    assert s.next_change(NOW) == datetime(2028, 5, 1, tzinfo=HCM)
+    assert s.next_change(NOW).tzinfo is UTC
+    only_fixed = snap(profiles=(LINH, DAD, DEFAULT))
+    assert only_fixed.next_change(NOW) is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "now", "expected"),
+    [
+        ({"schedules": (BEDTIME,)}, hm(8), hm(9)),
+        ({"schedules": (BEDTIME,)}, hm(9), hm(11)),
+        ({"schedules": (BEDTIME,)}, hm(10, 59), hm(11)),
+        ({"schedules": (BEDTIME,)}, hm(11), hm(9, day=29)),
+        ({"overrides": (PAUSE_NOW,)}, hm(8), hm(9)),
+        ({"overrides": (PAUSE_NOW,)}, hm(9, 30), hm(11)),
+        ({"overrides": (PAUSE_NOW,)}, hm(12), datetime(2028, 5, 1, tzinfo=HCM)),
+        ({"overrides": (PAUSE_NOW,), "schedules": (BEDTIME,)}, hm(9, 30), hm(11)),
+        (
+            {
+                "overrides": (Override("s", "dad", "pause", hm(9, 45), hm(9, 50)),),
+                "schedules": (BEDTIME,),
+            },
+            hm(9, 30),
+            hm(9, 45),
+        ),
+    ],
+)
+def test_next_change(snap, changes, now, expected):
+    assert snap(**changes).next_change(now) == expected
+
+
+def test_decisions_change_exactly_at_next_change(snap):
+    """Walk a day: between two next_change instants every decision stays the same."""
+    s = snap(
+        schedules=(
+            BEDTIME,
+            Schedule(
+                "hw",
+                "minh",
+                "Homework",
+                frozenset({SAT}),
+                "14:00",
+                "16:00",
+                "block",
+                categories=frozenset({"online_games"}),
+            ),
+        ),
+        overrides=(
+            Override("g", "lan", "reward", hm(12), hm(13), categories=frozenset({"online_games"})),
+        ),
+    )
+    names = ["example.org", "game.example", "play.social.example", "www.youtube.com"]
+
+    def all_decisions(t):
+        return [decide(s, n, p, t).reason for n in names for p in (LAN, MINH)]
+
+    t = hm(0)
+    changes = 0
+    while t < hm(23, 59):
+        nxt = s.next_change(t)
+        before = all_decisions(t)
+        probe = t + (nxt - t) / 2
+        assert all_decisions(probe) == before
+        assert all_decisions(nxt - timedelta(seconds=1)) == before
+        changes += all_decisions(nxt) != before
+        t = nxt
+    assert changes == 7  # bedtime on/off, reward on/off, homework on/off, Sunday's bedtime
+
+
+def test_ttl_cap(snap):
+    s = snap(schedules=(BEDTIME,), overrides=(Override("p", "minh", "pause", hm(9), hm(11)),))
+    assert s.ttl_cap("lan") == 300
+    assert s.ttl_cap("minh") == 300
+    assert s.ttl_cap("minh", now=hm(10)) == 300
+    assert s.ttl_cap("minh", now=hm(11)) is None  # the override has ended
+    assert s.ttl_cap("dad") is None
+    assert s.ttl_cap("ghost") is None
+    from agent.policy.model import Policy
+
+    assert (
+        build_snapshot(
+            Policy(profiles=FAMILY, schedules=(BEDTIME,), schedule_ttl_cap=60),
+            CRITERIA,
+            s.index,
+            CATALOGUE,
+        ).ttl_cap("lan")
+        == 60
+    )
+
+
+# -- cost: decisions are reused, not rebuilt -----------------------------------------------------
+
+
+def test_decisions_without_a_match_are_shared_objects(snap):
+    s = snap(schedules=(BEDTIME,))
+    assert decide(s, "example.org", MINH) is decide(s, "example.net", MINH)
+    assert decide(s, "example.org", LAN, hm(10)) is decide(s, "example.net", LAN, hm(10, 30))
+    assert decide(s, "www.google.com", MINH) is decide(s, "google.com", MINH, qtype=HTTPS)
+    assert decide(s, "example.org", MINH) is not decide(s, "example.org", LAN)
+
+
+def test_bad_wire_names_do_not_raise(snap):
+    s = snap()
+    for raw in (b"\x00", b"\x05ab\x00", b"\x3fabc", b"\x03abc\x00trailing"):
+        assert decide_policy(raw, A, MINH, NOW, s).action in ("allow", "block")
