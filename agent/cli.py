@@ -91,6 +91,9 @@ from .feed.cli import feed, sync  # noqa: E402  (registered on `main`, defined a
 
 main.add_command(feed)
 main.add_command(sync)
+from .policy.cli import policy  # noqa: E402
+
+main.add_command(policy)
 
 
 if __name__ == "__main__":
