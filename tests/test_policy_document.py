@@ -342,6 +342,7 @@ def test_the_same_domain_twice_for_one_profile_is_refused_but_for_two_profiles_i
         ("toml", "format = 1\nprofiles = [\n", "(toml) "),
         ("json", '{"format": 1,', "(json) line 1 column 14"),
         ("json", "[]", "(document): expected a table/object"),
+        ("json", "[" * 100_000, "(json) nested too deeply to be a policy"),
     ],
 )
 def test_unreadable_text_is_one_clear_problem(fmt, text, start):
@@ -362,3 +363,17 @@ def test_check_policy_validates_values_built_in_python():
         'devices[0].value: "1.2.3" is not an IP address (like 192.168.1.23)'
     ]
     assert check_policy(copy.deepcopy(rich_policy()), KNOWN, SERVICES) == rich_policy()
+
+
+def test_a_day_out_of_range_in_a_value_is_reported_not_dropped():
+    bad = Policy(
+        profiles=(Profile("default", "D", band="12+"),),
+        schedules=(
+            Schedule("s", "default", "", frozenset({0, 7}), "10:00", "11:00", "internet_off"),
+        ),
+    )
+    with pytest.raises(PolicyDocumentError) as caught:
+        check_policy(bad)
+    assert caught.value.problems == [
+        "schedules[0].days[1]: 7 is not a day (mon, tue, wed, thu, fri, sat, sun)"
+    ]

@@ -339,7 +339,8 @@ def test_seen_devices_add_up_and_unassigned_ones_are_listed(store):
     store.save_device(Device("printer", "", "mac", "aa:bb:cc:00:11:22", "staff"))
     assert [s.ip for s in store.unassigned_devices()] == ["10.0.5.9"]
     assert store.forget_seen(t1 + timedelta(seconds=1)) == 1
-    assert [s.ip for s in store.seen_devices()] == ["10.0.5.8", "10.0.7.23"]  # same last_seen: by ip
+    # the same last_seen: ordered by ip
+    assert [s.ip for s in store.seen_devices()] == ["10.0.5.8", "10.0.7.23"]
 
 
 def test_a_bad_seen_entry_is_refused_before_anything_is_written(store):

@@ -194,7 +194,8 @@ def _schedule_doc(s: Schedule) -> dict[str, Any]:
         "id": s.id,
         "profile": s.profile,
         "name": s.name,
-        "days": [WEEKDAYS[d] for d in sorted(s.days) if 0 <= d < 7],
+        # A day out of range is passed on as is, for the reader to report rather than drop.
+        "days": [WEEKDAYS[d] if d in range(7) else d for d in sorted(s.days)],
         "start": s.start,
         "end": s.end,
         "mode": s.mode,
@@ -249,6 +250,8 @@ def loads(
         ) from None
     except tomllib.TOMLDecodeError as exc:
         raise PolicyDocumentError([f"(toml) {exc}"]) from None
+    except RecursionError:
+        raise PolicyDocumentError([f"({fmt}) nested too deeply to be a policy"]) from None
     return from_document(data, known_categories, known_services)
 
 
