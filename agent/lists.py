@@ -1,11 +1,22 @@
 """The compiled lists in force: built from the list files off the hot path, kept on disk, swapped in whole.
 
-The index is built from the bundled top-level ``blocklists/`` (or the ``blocklists_dir``
-setting) plus the lists of every criteria feed in force under ``DATA/feeds`` (see
-``feed_sources``). Until profiles with ages exist, only what applies to every child is
-enforced: the feeds' block lists whose min_age is ``always`` or ``18+``, and their allow lists
-that apply by 17 (min_age ``00+``, ``12+``, ``16+`` or ``always``); i.e. the policy of a
-17-year-old.
+The index holds every list of every criteria feed in force under ``DATA/feeds`` (see
+``feed_sources``), of every age, so that the age policies can decide per profile: the default
+feed ``safenest-default``, built on the Pi from the bundled ``blocklists/`` (top folder and
+``age/``; or the ``blocklists_dir`` setting) by :func:`agent.feed.default.ensure_default_feed`,
+and the feeds synced from publishers. Add the public lists fetched by URL (the ``sources``
+setting, :mod:`agent.feed.extra`), and the top-level files of the lists folder that the default
+feed cannot hold (a category not in the table), or all of them if there is no default feed.
+
+Each list carries a category label in the index: the category id, or ``id@band``
+(``online_games@18+``) for a list whose own ``min_age`` differs from its category's.
+:func:`criteria_in_force` gives every category known and its age.
+
+Until the policy engine is wired in, every client gets the policy of a 17-year-old: the
+:class:`Snapshot` blocks the labels whose effective min_age is ``always`` or ``18+`` (and
+labels of unknown age, such as a top-level file of a category not in the table), so that the
+age-dependent categories (``social_networks``, ``messaging``, ...) are listed but not blocked;
+an allow list beats any block.
 """
 
 from __future__ import annotations
@@ -13,9 +24,13 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .index import DomainIndex, Source, build_in_subprocess, bundled_dir, sources_in
 from .policy import Snapshot
+
+if TYPE_CHECKING:
+    from .feed.format import Category
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +38,8 @@ INDEX_FILE = "lists.idx"
 FEEDS_DIR = "feeds"
 KEYS_DIR = "keys"
 
-# Until the age profiles exist, the feeds' lists enforced are those that apply to every child.
-ENFORCED_BLOCK_AGES = frozenset({"always", "18+"})
-ENFORCED_ALLOW_AGES = frozenset({"always", "00+", "12+", "16+"})
+# Until the policy engine is wired in, every label is blocked but these ages (a 17-year-old's policy).
+NOT_BLOCKED_AGES = frozenset({"00+", "12+", "16+", "off"})
 
 
 def feeds_dir(data_dir: str | os.PathLike) -> Path:
@@ -38,9 +52,56 @@ def keys_dir(feed_keys_dir: str, data_dir: str | os.PathLike) -> Path:
     return Path(feed_keys_dir) if feed_keys_dir else Path(data_dir) / KEYS_DIR
 
 
+def criteria_in_force(data_dir: str | os.PathLike) -> dict[str, Category]:
+    """Every category known, by id -> :class:`agent.feed.format.Category` (with its min_age).
+
+    The default table (agent/feed/categories.py), then the default feed's table, then every
+    other feed in force from the oldest ``issued_at`` to the newest (ties: by publisher id), each
+    overriding the ones before: the newest publisher wins per id, deterministically.
+    """
+    from .feed.categories import DEFAULT_CATEGORIES
+    from .feed.default import PUBLISHER_ID as DEFAULT_PUBLISHER
+    from .feed.sync import feeds_in_force
+
+    table = {c.id: c for c in DEFAULT_CATEGORIES}
+    feeds = feeds_in_force(feeds_dir(data_dir))
+    feeds.sort(
+        key=lambda f: (f.publisher_id != DEFAULT_PUBLISHER, f.manifest.issued_at, f.publisher_id)
+    )
+    for feed in feeds:
+        for category in feed.manifest.categories:
+            table[category.id] = category
+    return table
+
+
+def label_age(label: str, criteria: dict[str, Category]) -> str | None:
+    """The effective min_age of an index label (``id`` or ``id@band``); None if unknown."""
+    category_id, _, band = label.partition("@")
+    if band:
+        return band
+    category = criteria.get(category_id)
+    return category.min_age if category is not None else None
+
+
+def blocked_today(labels, criteria: dict[str, Category]) -> frozenset[str]:
+    """The labels blocked for every client until the policy engine is wired in: min_age
+    ``always`` or ``18+``, or unknown (fail closed)."""
+    return frozenset(
+        label for label in labels if label_age(label, criteria) not in NOT_BLOCKED_AGES
+    )
+
+
+def _list_label(manifest, lst) -> str:
+    own = lst.min_age
+    if own is not None and own != manifest.category(lst.category).min_age:
+        return f"{lst.category}@{own}"
+    return lst.category
+
+
 def feed_sources(data_dir: str | os.PathLike) -> list[Source]:
-    """The lists of every feed in force that are enforced today (see the module docstring),
-    labelled ``feed <publisher> v<version> <list path>`` so that explanations name them."""
+    """Every list of every feed in force, of every age, with its category label (``id`` or
+    ``id@band``) and labelled ``feed <publisher> v<version> <list path>`` so that explanations
+    name them."""
     from .feed.sync import feeds_in_force
 
     out: list[Source] = []
@@ -54,22 +115,22 @@ def feed_sources(data_dir: str | os.PathLike) -> list[Source]:
             )
         used = 0
         for lst, path in feed.lists:
-            age = feed.manifest.min_age_of(lst)
-            enforced = ENFORCED_BLOCK_AGES if lst.kind == "block" else ENFORCED_ALLOW_AGES
-            if age not in enforced:
-                continue
             label = f"feed {feed.publisher_id} v{feed.version} {lst.path}"
             if not path.is_file():  # the verified copy was damaged on disk: do not fail the build
-                log.error("%s: %s is missing; the list is left out until the feed is synced again", label, path)
+                log.error(
+                    "%s: %s is missing; the list is left out until the feed is synced again",
+                    label,
+                    path,
+                )
                 continue
             try:
-                out.append(Source(lst.category, lst.kind, path, label))
+                out.append(Source(_list_label(feed.manifest, lst), lst.kind, path, label))
             except ValueError as exc:
                 log.warning("%s: skipped: %s", label, exc)
                 continue
             used += 1
         log.info(
-            "feed %s v%d: %d of its %d lists enforced (until age profiles exist: what applies to every child)",
+            "feed %s v%d: %d of its %d lists indexed",
             feed.publisher_id,
             feed.version,
             used,
@@ -86,32 +147,65 @@ def index_path(data_dir: str | Path) -> Path:
     return Path(data_dir) / INDEX_FILE
 
 
-def compile_lists(blocklists_dir: str, data_dir: str | Path) -> Snapshot:
-    """Compile every list file into the on-disk index (in a child process) and open it.
+def _direct_sources(source_dir: Path, default) -> list[Source]:
+    """Top-level files of the lists folder indexed as they are: those the default feed does
+    not hold, or all of them when no default feed is in force (the behaviour before feeds)."""
+    top = sources_in(source_dir)
+    if default.in_force is None:
+        return top
+    left_out = {p.resolve() for p in default.left_out}
+    return [s for s in top if s.path.resolve() in left_out]
 
+
+def compile_lists(blocklists_dir: str, data_dir: str | Path) -> Snapshot:
+    """Compile every list in force into the on-disk index (in a child process) and open it.
+
+    Builds the default feed first when the lists folder changed (never fails because of it).
     The file is replaced atomically, so a failed build leaves the last good one.
     """
+    from .feed.default import ensure_default_feed
+    from .feed.extra import sources_in_force
+
     source_dir = lists_dir(blocklists_dir)
-    sources = sources_in(source_dir)
-    if not sources:
+    if not sources_in(source_dir) and not any(source_dir.glob("*/*.txt")):
         # Compiling nothing would replace the last good lists with none: refuse instead.
         raise FileNotFoundError(f"no <category>.txt lists in {source_dir}")
+    default = ensure_default_feed(source_dir, data_dir)
     from_feeds = feed_sources(data_dir)
+    direct = _direct_sources(source_dir, default)
+    from_urls = sources_in_force(data_dir)
     target = index_path(data_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
-    report = build_in_subprocess(sources + from_feeds, target)
+    report = build_in_subprocess(direct + from_feeds + from_urls, target)
     log.info(
-        "compiled %d names from %d lists in %s%s in %.2f s",
+        "compiled %d names from %d lists of feeds, %d by URL and %d in %s in %.2f s",
         report.domains,
-        len(sources),
+        len(from_feeds),
+        len(from_urls),
+        len(direct),
         source_dir,
-        f" and {len(from_feeds)} of feeds" if from_feeds else "",
         report.seconds,
     )
     for label, skipped in sorted(report.skipped_lines.items()):
         if skipped:
             log.warning("%s: skipped %d lines that are not domain names", label, skipped)
-    return Snapshot(DomainIndex.open(target), label=f"{source_dir}")
+    return _snapshot(DomainIndex.open(target), data_dir, f"{source_dir}")
+
+
+def _snapshot(index: DomainIndex, data_dir: str | Path, label: str) -> Snapshot:
+    """Today's snapshot of an index: the labels that apply to every child are blocked."""
+    try:
+        criteria = criteria_in_force(data_dir)
+    except Exception as exc:  # unreadable feeds must not stop DNS: fall back to the defaults
+        from .feed.categories import DEFAULT_CATEGORIES
+
+        log.error(
+            "cannot read the categories of the feeds in force (%s); using the default ages", exc
+        )
+        criteria = {c.id: c for c in DEFAULT_CATEGORIES}
+    return Snapshot(
+        index, blocked_categories=blocked_today(index.categories, criteria), label=label
+    )
 
 
 def last_good(data_dir: str | Path) -> Snapshot | None:
@@ -120,7 +214,7 @@ def last_good(data_dir: str | Path) -> Snapshot | None:
     if not path.exists():
         return None
     try:
-        return Snapshot(DomainIndex.open(path), label=f"{path} (last good)")
+        return _snapshot(DomainIndex.open(path), data_dir, f"{path} (last good)")
     except Exception as exc:  # a corrupt file must not stop DNS from starting
         log.error("cannot use the saved lists %s: %s", path, exc)
         return None

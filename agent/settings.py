@@ -230,6 +230,12 @@ SETTINGS: tuple[Setting, ...] = (
         _as_feed_urls,
     ),
     Setting(
+        "sources",
+        [],
+        'Public lists to sync with the feeds, each mapped to a category: "CATEGORY=URL" (https; hosts files, plain domains or adblock lines), e.g. "gambling=https://example.org/hosts.txt".',
+        _as_feed_urls,
+    ),
+    Setting(
         "feed_keys_dir",
         "",
         "Folder of pinned publisher public keys (*.pub); a feed is checked against the one with its manifest's key id. Empty: DATA/keys.",

@@ -148,9 +148,10 @@ def test_the_sync_job_puts_the_feed_in_force(safenest, feed, lists, upstream, tm
     results = run_sync_job(server)
     assert [(r.result, r.publisher_id, r.version) for r in results] == [("accepted", PUBLISHER, 1)]
 
-    # The feed's 18+ lists are blocked; its 12+ list is not yet (no age profiles).
+    # The feed's 18+ lists are blocked; its 12+ list is not yet (no age profiles). A list with
+    # its own age carries it in its label.
     assert blocked_by(server, "feedbet.test") == "category=gambling"
-    assert blocked_by(server, "www.game18.test") == "category=online_games"
+    assert blocked_by(server, "www.game18.test") == "category=online_games@18+"
     assert blocked_by(server, "chat12.test") is None
     # The feed's allow list counts too; the bundled block of its parent still holds elsewhere.
     assert blocked_by(server, "learn.fb88.test") is None
@@ -198,7 +199,8 @@ def test_a_rejected_feed_leaves_the_previous_one_in_force(safenest, feed, lists,
     manifest.write_bytes(manifest.read_bytes().replace("Trường Thử Nghiệm".encode(), b"Truong Gia Mao"))
     results = run_sync_job(server)
     assert [(r.result, r.reason) for r in results] == [("rejected", "bad_signature")]
-    assert [f.version for f in feeds_in_force(Path(server.agent.settings.data) / "feeds")] == [1]
+    in_force = feeds_in_force(Path(server.agent.settings.data) / "feeds")
+    assert [(f.publisher_id, f.version) for f in in_force] == [("safenest-default", 1), (PUBLISHER, 1)]
     # Version 1 still answers; DNS answers throughout.
     assert blocked_by(server, "feedbet.test") == "category=gambling"
     assert blocked_by(server, "ok.test") is None
@@ -232,9 +234,11 @@ def test_an_expired_feed_in_force_stays_in_force_with_a_warning(feed, tmp_path, 
     (installed,) = feeds_in_force(data / "feeds")
     assert installed.expired()
     with caplog.at_level("WARNING", logger="agent.lists"):
-        labels = [s.label for s in feed_sources(data)]
-    assert f"feed {PUBLISHER} v2 lists/gambling.txt" in labels
-    assert f"feed {PUBLISHER} v2 lists/messaging.txt" not in labels
+        labels = {s.label: s.category for s in feed_sources(data)}
+    # Every list is indexed, whatever its age; the snapshot decides what is blocked.
+    assert labels[f"feed {PUBLISHER} v2 lists/gambling.txt"] == "gambling"
+    assert labels[f"feed {PUBLISHER} v2 lists/messaging.txt"] == "messaging"
+    assert labels[f"feed {PUBLISHER} v2 lists/online_games.18.txt"] == "online_games@18+"
     assert any("expired" in r.getMessage() and "stays in force" in r.getMessage() for r in caplog.records)
 
 

@@ -218,6 +218,7 @@ def build_feed(
     version: int | None = None,
     strict: bool = False,
     categories: tuple[Category, ...] | None = None,
+    sources: list[FeedSource] | None = None,
 ) -> BuildReport:
     """Build and sign a feed from ``src_dir`` into ``out_dir``.
 
@@ -225,7 +226,8 @@ def build_feed(
     pinned public key names its publisher. ``publisher`` overrides the publisher's display name.
     The version is one more than the feed already in ``out_dir`` (1 for a new folder), or
     ``version``, which must be higher. With ``strict``, any line that is not a domain fails the
-    build; otherwise such lines are skipped and reported.
+    build; otherwise such lines are skipped and reported. ``sources`` replaces the files found
+    in ``src_dir`` (the default feed passes the files it chose, see agent/feed/default.py).
     """
     src = Path(src_dir)
     out = Path(out_dir)
@@ -238,7 +240,7 @@ def build_feed(
 
     table = _load_categories(src, categories)
     known = {c.id: c for c in table}
-    sources = feed_sources(src)
+    sources = feed_sources(src) if sources is None else list(sources)
     for s in sources:
         if s.category not in known:
             raise BuildError(

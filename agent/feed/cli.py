@@ -123,21 +123,23 @@ def verify(dir_or_url, pubkey, allow_insecure) -> None:
 @click.command()
 @click.option("--feed", "url", help="Sync only this feed: its https URL (its folder or its manifest.json). Needs --pubkey.")
 @click.option("--pubkey", type=click.Path(dir_okay=False), help="With --feed: the publisher's pinned KEY.pub.")
-@click.option("--config", envvar="SAFENEST_CONFIG", type=click.Path(dir_okay=False), help="TOML settings file (`data`, `feeds`, `feed_keys_dir`, `feed_allow_insecure`).")
+@click.option("--config", envvar="SAFENEST_CONFIG", type=click.Path(dir_okay=False), help="TOML settings file (`data`, `feeds`, `sources`, `feed_keys_dir`, `feed_allow_insecure`).")
 @click.option("--data", help="Data folder; feeds are kept in DATA/feeds/. Default: the `data` setting (./var).")
 @click.option("--allow-insecure", is_flag=True, help="Allow plain http and local folders (tests and local mirrors only). Default: the `feed_allow_insecure` setting.")
 @click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(0.1, 600), help="Seconds to connect and between two reads.")
 def sync(url, pubkey, config, data, allow_insecure, timeout) -> None:
-    """Sync the configured feeds (the `feeds` setting), or one feed by hand with --feed and --pubkey.
+    """Sync the configured feeds and sources (the `feeds` and `sources` settings), or one feed by
+    hand with --feed and --pubkey.
 
     Each feed is checked against the key pinned in `feed_keys_dir` (default DATA/keys) whose key
-    id its manifest names. Prints one line per feed: accepted vN, not modified, or rejected with
-    the reason (the feed in force then stays in force). Exit 0 when every feed was accepted or
+    id its manifest names. Prints one line per feed and source: accepted, not modified, or
+    rejected with the reason (what was in force then stays in force). Exit 0 when every feed was accepted or
     not modified, 1 when any was rejected, so that scripts notice. A running `safenest run`
     picks up what was accepted at its next scheduled sync, or at once on SIGHUP.
     """
+    from agent.feed.extra import sync_sources
     from agent.feed.sync import sync_all, sync_feed
-    from agent.lists import feeds_dir, keys_dir
+    from agent.lists import criteria_in_force, feeds_dir, keys_dir
     from agent.settings import SettingsError, load_settings
 
     try:
@@ -156,13 +158,19 @@ def sync(url, pubkey, config, data, allow_insecure, timeout) -> None:
     else:
         if pubkey is not None:
             raise click.UsageError("--pubkey goes with --feed; configured feeds use the keys in feed_keys_dir")
-        if not settings.feeds:
+        if not settings.feeds and not settings.sources and not (Path(settings.data) / "sources").is_dir():
             raise click.ClickException(
-                "no feeds are configured: set `feeds` (a list of https URLs) in the config file or "
-                "SAFENEST_FEEDS, or sync one feed with --feed URL --pubkey KEY.pub"
+                "no feeds are configured, and no sources: set `feeds` (a list of https URLs) or "
+                "`sources` (CATEGORY=URL) in the config file or SAFENEST_FEEDS / SAFENEST_SOURCES, "
+                "or sync one feed with --feed URL --pubkey KEY.pub"
             )
         keys = keys_dir(settings.feed_keys_dir, settings.data)
         results = sync_all(list(settings.feeds), keys, store, allow_insecure=insecure, timeout=timeout)
+        known = set(criteria_in_force(settings.data))
+        results += sync_sources(
+            list(settings.sources), settings.data, allow_insecure=insecure, timeout=timeout,
+            known_categories=known,
+        )  # fmt: skip
     for result in results:
         click.echo(result.line())
     if not all(r.ok for r in results):

@@ -1,8 +1,10 @@
 """The feed sync inside `safenest run`: every sync_interval_hours with jitter, one at a time.
 
-The sync runs in a worker thread (it does network and disk I/O); when a feed is
-accepted, `on_accepted` recompiles the lists off the event loop. After a failed
-sync it is retried after 5, 15 and 60 minutes, then at the regular interval.
+One sync covers the criteria feeds (the `feeds` setting) and the extra sources by URL (the
+`sources` setting). It runs in a worker thread (it does network and disk I/O); when a feed
+or a source was accepted (or a source removed), `on_accepted` recompiles the lists off the
+event loop. After a failed sync it is retried after 5, 15 and 60 minutes, then at the
+regular interval.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import random
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
-from ..lists import feeds_dir, keys_dir
+from ..lists import criteria_in_force, feeds_dir, keys_dir
 from ..settings import Settings
 
 log = logging.getLogger("safenest")
@@ -33,9 +35,9 @@ class FeedSync:
         self._running = False
 
     def start(self) -> None:
-        """Schedule the job, if any feed is configured (needs the running loop)."""
+        """Schedule the job, if any feed or source is configured (needs the running loop)."""
         s = self.settings
-        if not s.feeds:
+        if not s.feeds and not s.sources:
             return
         from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
@@ -47,15 +49,16 @@ class FeedSync:
             jitter=int(s.sync_jitter_minutes * 60) or None,
             next_run_time=datetime.now().astimezone() + FIRST_SYNC_DELAY,
             id=SYNC_JOB_ID,
-            name="sync the criteria feeds",
+            name="sync the criteria feeds and sources",
             coalesce=True,
             max_instances=1,
             misfire_grace_time=None,
         )
         self.scheduler.start()
         log.info(
-            "feeds: %d configured, synced every %g h (jitter up to %g min), first in about a minute",
+            "feeds: %d and sources: %d configured, synced every %g h (jitter up to %g min), first in about a minute",
             len(s.feeds),
+            len(s.sources),
             s.sync_interval_hours,
             s.sync_jitter_minutes,
         )
@@ -65,15 +68,22 @@ class FeedSync:
             self.scheduler.shutdown(wait=False)
 
     def _sync_all(self) -> list:
+        from .extra import sync_sources
         from .sync import sync_all
 
         s = self.settings
-        return sync_all(
+        results = sync_all(
             list(s.feeds),
             keys_dir(s.feed_keys_dir, s.data),
             feeds_dir(s.data),
             allow_insecure=s.feed_allow_insecure,
         )
+        # After the feeds: a source may name a category that a feed just defined.
+        known = set(criteria_in_force(s.data))
+        results += sync_sources(
+            list(s.sources), s.data, allow_insecure=s.feed_allow_insecure, known_categories=known
+        )
+        return results
 
     async def run_once(self) -> list:
         """The job: sync every feed off the loop; recompile when one was accepted; retry on failure."""
@@ -90,7 +100,7 @@ class FeedSync:
             self._running = False
         for r in results or ():
             (log.info if r.ok else log.warning)("feed sync: %s", r.line())
-        if results is not None and any(r.result == "accepted" for r in results):
+        if results is not None and any(r.result in ("accepted", "removed") for r in results):
             await self.on_accepted()
         if results is None or not all(r.ok for r in results):
             self._schedule_retry()

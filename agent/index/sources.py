@@ -3,6 +3,10 @@
 File naming (``sources_in``): ``<category>.txt`` is a block list of that category and
 ``<category>.allow.txt`` an allow list; category ids are ``[a-z0-9_]+``. Other files are ignored.
 
+A :class:`Source`'s ``category`` is the label the index carries: a category id, or
+``id@band`` (``online_games@18+``) for a list whose own age differs from its category's, with a
+band of ``00+``, ``12+``, ``16+``, ``18+``, ``always`` or ``off``.
+
 Accepted line formats (``read_domains``), freely mixed in one file:
 
 * plain: ``example.com`` (one domain a line)
@@ -14,6 +18,10 @@ Accepted line formats (``read_domains``), freely mixed in one file:
 A listed domain stands for itself and all its subdomains. Anything else (URLs, wildcards,
 cosmetic filters, ``@@`` exceptions, IP addresses, single-label names) is a bad line: it is
 skipped and counted in a :class:`ParseStats`.
+
+Public lists fetched by URL are read with :func:`read_entries`, which also takes adblock
+exceptions ``@@||domain^`` (allow entries) and wildcards ``*.domain`` / ``||*.domain^`` (read as
+``domain``, which covers its subdomains anyway, and the domain itself too).
 """
 
 from __future__ import annotations
@@ -32,12 +40,16 @@ __all__ = [
     "bundled_dir",
     "sources_in",
     "read_domains",
+    "read_entries",
     "KINDS",
     "CATEGORY_RE",
+    "LABEL_RE",
 ]
 
 KINDS = ("block", "allow")
 CATEGORY_RE = re.compile(r"[a-z0-9_]+")
+# A category label in the index: the id, or id@band when a list's own age differs from its category's.
+LABEL_RE = re.compile(r"[a-z0-9_]+(?:@(?:00\+|12\+|16\+|18\+|always|off))?")
 _BLOCK_FILE = re.compile(r"([a-z0-9_]+)\.txt")
 _ALLOW_FILE = re.compile(r"([a-z0-9_]+)\.allow\.txt")
 
@@ -73,8 +85,11 @@ class Source:
     label: str = ""  # "" -> the file name
 
     def __post_init__(self) -> None:
-        if not isinstance(self.category, str) or not CATEGORY_RE.fullmatch(self.category):
-            raise ValueError(f"bad category id {self.category!r}: use [a-z0-9_]+")
+        if not isinstance(self.category, str) or not LABEL_RE.fullmatch(self.category):
+            raise ValueError(
+                f"bad category id {self.category!r}: use [a-z0-9_]+, optionally with "
+                "@00+, @12+, @16+, @18+, @always or @off"
+            )
         if self.kind not in KINDS:
             raise ValueError(f"bad list kind {self.kind!r}: use 'block' or 'allow'")
         if not isinstance(self.path, Path):
@@ -208,4 +223,71 @@ def read_domains(path: Path, stats: ParseStats | None = None) -> Iterator[str]:
                 else:
                     st.domains += 1
                     yield d
+        st.lines = lineno
+
+
+def _adblock_body(rest: str) -> str | None:
+    """The domain part of ``||domain^[options]`` (``rest`` is what follows ``||``), or None."""
+    body, caret, options = rest.partition("^")
+    if not caret:
+        return None
+    if options and options != "|" and not (
+        options[0] == "$" and set(options[1:].split(",")) <= _ADBLOCK_OPTIONS
+    ):
+        return None
+    return body
+
+
+def read_entries(path: Path, stats: ParseStats | None = None) -> Iterator[tuple[str, str]]:
+    """Yield ``(kind, domain)`` for a public list: what :func:`read_domains` reads as
+    ``("block", domain)``, plus ``@@||domain^`` as ``("allow", domain)`` and the wildcards
+    ``*.domain`` and ``||*.domain^`` as ``("block", domain)``. ``stats`` as for read_domains.
+    """
+    st = stats if stats is not None else ParseStats()
+    norm = normalize_domain
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        lineno = 0
+        for raw in f:
+            lineno += 1
+            line = raw.strip()
+            if not line or line[0] in "#![":
+                st.comments += 1
+                continue
+            if "#" in line:
+                cut = line.index("#")
+                if not line[cut - 1].isspace():
+                    st._bad(lineno, raw)
+                    continue
+                line = line[:cut].rstrip()
+            kind = "block"
+            if line.startswith("@@"):
+                kind, line = "allow", line[2:]
+                if not line.startswith("||"):  # only whole-domain exceptions mean "allow"
+                    st._bad(lineno, raw)
+                    continue
+            if line.startswith("||"):
+                body = _adblock_body(line[2:])
+                d = None if body is None else norm(body[2:] if body.startswith("*.") else body)
+                names = [d]
+            elif line.startswith("*."):
+                names = [norm(line[2:])]
+            elif " " in line or "\t" in line:
+                tokens = line.split()
+                if not _is_ip(tokens[0]):
+                    st._bad(lineno, raw)
+                    continue
+                names = []
+                for name in tokens[1:]:
+                    if name in _HOSTS_BOILERPLATE:
+                        st.ignored += 1
+                    else:
+                        names.append(norm(name))
+            else:
+                names = [norm(line)]
+            for d in names:
+                if d is None:
+                    st._bad(lineno, raw)
+                else:
+                    st.domains += 1
+                    yield kind, d
         st.lines = lineno

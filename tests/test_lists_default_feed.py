@@ -1,0 +1,274 @@
+"""The default feed built on the Pi from the lists folder, and the index of every list in force.
+
+Real files everywhere: a lists folder in tmp_path (top folder and ``age/``), the real key,
+builder, verifier and store, the index compiled in a child process, and ``decide`` on it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from agent.feed.build import build_feed
+from agent.feed.categories import DEFAULT_CATEGORIES
+from agent.feed.default import PUBLISHER_ID, VALID_DAYS, ensure_default_feed
+from agent.feed.format import Category, Names
+from agent.feed.sign import generate_key
+from agent.feed.sync import feeds_in_force, sync_feed
+from agent.index import bundled_dir, to_wire
+from agent.lists import compile_lists, criteria_in_force, last_good, load_snapshot
+from agent.policy import decide
+
+
+def decision(snapshot, name: str) -> tuple[bool, str]:
+    d = decide(to_wire(name), snapshot)
+    return d.blocked, d.reason
+
+
+@pytest.fixture
+def lists(tmp_path) -> Path:
+    folder = tmp_path / "blocklists"
+    (folder / "age").mkdir(parents=True)
+    (folder / "gambling.txt").write_text("# category: gambling\nfb88.test\n")
+    (folder / "adult.txt").write_text("adult.test\n")
+    (folder / "age" / "social_networks.txt").write_text("social.test\n")
+    (folder / "age" / "online_games.txt").write_text("game.test\n")
+    (folder / "age" / "online_games.18.txt").write_text("game18.test\n")
+    (folder / "age" / "sex_education.allow.txt").write_text("learn.adult.test\n")
+    (folder / "README.md").write_text("not a list\n")
+    return folder
+
+
+def in_force(data: Path) -> dict[str, int]:
+    return {f.publisher_id: f.version for f in feeds_in_force(data / "feeds")}
+
+
+def test_first_run_builds_signs_and_pins_the_default_feed(lists, tmp_path):
+    data = tmp_path / "var"
+    snapshot = compile_lists(str(lists), data)
+    assert in_force(data) == {PUBLISHER_ID: 1}
+    (feed,) = feeds_in_force(data / "feeds")
+    assert {lst.path for lst in feed.manifest.lists} == {
+        "lists/gambling.txt",
+        "lists/adult.txt",
+        "lists/social_networks.txt",
+        "lists/online_games.txt",
+        "lists/online_games.18.txt",
+        "lists/sex_education.allow.txt",
+    }
+    assert feed.manifest.expires_at - feed.manifest.issued_at == timedelta(days=VALID_DAYS)
+    # The key was made on first use: secret 0600, public next to it (pinned in DATA/keys).
+    secret = data / "keys" / f"{PUBLISHER_ID}.key"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert (data / "keys" / f"{PUBLISHER_ID}.key.pub").is_file()
+    assert feed.manifest.publisher.key_id.startswith("ed25519:")
+    status = json.loads((data / "feeds" / PUBLISHER_ID / "status.json").read_text())
+    assert status["in_force"]["version"] == 1 and status["url"] == f"bundled lists in {lists}"
+    assert not list((data / "feeds").glob(".default-build-*"))  # the build folder is gone
+
+    # Every list is indexed, with category labels (id@band for a list with its own age).
+    assert snapshot.index.categories == {
+        "gambling",
+        "adult",
+        "social_networks",
+        "online_games",
+        "online_games@18+",
+        "sex_education",
+    }
+    # Today's snapshot: what applies to every child (17) is blocked, the age categories are not.
+    assert snapshot.blocked_categories == {"gambling", "adult", "online_games@18+"}
+    assert decision(snapshot, "www.fb88.test") == (True, "category=gambling")
+    assert decision(snapshot, "game18.test") == (True, "category=online_games@18+")
+    assert decision(snapshot, "social.test") == (False, "category-not-blocked")
+    assert decision(snapshot, "game.test") == (False, "category-not-blocked")
+    assert decision(snapshot, "adult.test") == (True, "category=adult")
+    assert decision(snapshot, "learn.adult.test") == (
+        False,
+        "allowlist=sex_education",
+    )  # allow beats block
+    match = snapshot.index.lookup_text("fb88.test")
+    assert match.sources == (f"feed {PUBLISHER_ID} v1 lists/gambling.txt",)
+    # The saved index gives the same snapshot at the next start.
+    saved = last_good(data)
+    assert saved.blocked_categories == snapshot.blocked_categories
+
+
+def test_unchanged_lists_are_not_rebuilt_changed_ones_are(lists, tmp_path):
+    data = tmp_path / "var"
+    compile_lists(str(lists), data)
+    manifest = data / "feeds" / PUBLISHER_ID / "v1" / "manifest.json"
+    before = manifest.read_bytes()
+    compile_lists(str(lists), data)
+    assert in_force(data) == {PUBLISHER_ID: 1} and manifest.read_bytes() == before
+
+    # An upgrade changes a bundled list: a new version, in force at once.
+    with open(lists / "gambling.txt", "a") as f:
+        f.write("new88.test\n")
+    snapshot = compile_lists(str(lists), data)
+    assert in_force(data) == {PUBLISHER_ID: 2}
+    assert decision(snapshot, "new88.test") == (True, "category=gambling")
+    assert snapshot.index.lookup_text("new88.test").sources == (
+        f"feed {PUBLISHER_ID} v2 lists/gambling.txt",
+    )
+    # A new file counts as a change too, and so does a renamed one.
+    (lists / "age" / "messaging.txt").write_text("chat.test\n")
+    assert "messaging" in compile_lists(str(lists), data).index.categories
+    assert in_force(data) == {PUBLISHER_ID: 3}
+    os.rename(lists / "age" / "messaging.txt", lists / "age" / "messaging.12.txt")
+    compile_lists(str(lists), data)
+    assert in_force(data) == {PUBLISHER_ID: 4}
+
+
+def test_a_feed_close_to_expiry_is_renewed(lists, tmp_path):
+    data = tmp_path / "var"
+    then = datetime.now(UTC) - timedelta(days=VALID_DAYS - 10)  # expires in 10 days
+    assert ensure_default_feed(lists, data, now=then).built
+    result = ensure_default_feed(lists, data)
+    assert result.built and result.in_force.version == 2
+    assert not ensure_default_feed(lists, data).built
+
+
+def test_a_failed_rebuild_keeps_the_last_good_default_feed(lists, tmp_path, caplog):
+    data = tmp_path / "var"
+    compile_lists(str(lists), data)
+    # The folder changes in a way that cannot be built: a broken categories.json.
+    (lists / "gambling.txt").write_text("fb88.test\nother.test\n")
+    (lists / "categories.json").write_text("[not json")
+    with caplog.at_level("ERROR", logger="safenest.feed.default"):
+        snapshot = compile_lists(str(lists), data)
+    assert any("version 1 stays in force" in r.getMessage() for r in caplog.records)
+    assert in_force(data) == {PUBLISHER_ID: 1}
+    assert decision(snapshot, "fb88.test") == (True, "category=gambling")  # the last good copy
+    assert decision(snapshot, "other.test") == (False, "allowed")
+    assert decision(snapshot, "social.test") == (False, "category-not-blocked")
+    # Fixed: the next compile builds version 2.
+    (lists / "categories.json").unlink()
+    assert decision(compile_lists(str(lists), data), "other.test") == (True, "category=gambling")
+    assert in_force(data) == {PUBLISHER_ID: 2}
+
+
+def test_a_lost_key_is_replaced_and_the_feed_rebuilt(lists, tmp_path):
+    data = tmp_path / "var"
+    compile_lists(str(lists), data)
+    old = feeds_in_force(data / "feeds")[0].manifest.publisher.key_id
+    (data / "keys" / f"{PUBLISHER_ID}.key").unlink()
+    snapshot = compile_lists(str(lists), data)
+    (feed,) = feeds_in_force(data / "feeds")
+    assert feed.version == 2 and feed.manifest.publisher.key_id != old
+    assert decision(snapshot, "fb88.test") == (True, "category=gambling")
+
+
+def test_without_any_default_feed_the_top_folder_is_indexed_as_before(lists, tmp_path):
+    data = tmp_path / "var"
+    (lists / "categories.json").write_text("[not json")  # the very first build fails
+    snapshot = compile_lists(str(lists), data)
+    assert in_force(data) == {}
+    assert decision(snapshot, "fb88.test") == (True, "category=gambling")
+    assert decision(snapshot, "adult.test") == (True, "category=adult")
+    assert decision(snapshot, "social.test") == (False, "allowed")  # age/ is not read then
+    assert snapshot.index.lookup_text("fb88.test").sources == ("blocklists/gambling.txt",)
+
+
+def test_files_of_unknown_categories_are_indexed_directly_and_blocked(lists, tmp_path):
+    (lists / "school_rules.txt").write_text("homework-cheat.test\n")
+    (lists / "my-list.txt").write_text("ignored.test\n")  # not a list name: ignored, as before
+    data = tmp_path / "var"
+    snapshot = compile_lists(str(lists), data)
+    (feed,) = feeds_in_force(data / "feeds")
+    assert "lists/school_rules.txt" not in {lst.path for lst in feed.manifest.lists}
+    assert decision(snapshot, "homework-cheat.test") == (True, "category=school_rules")
+    assert snapshot.index.lookup_text("homework-cheat.test").sources == (
+        "blocklists/school_rules.txt",
+    )
+    assert decision(snapshot, "ignored.test") == (False, "allowed")
+
+
+def test_an_empty_lists_folder_is_refused_and_the_last_good_index_kept(lists, tmp_path):
+    data = tmp_path / "var"
+    compile_lists(str(lists), data)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError):
+        compile_lists(str(empty), data)
+    snapshot = load_snapshot(str(empty), data)
+    assert decision(snapshot, "fb88.test") == (True, "category=gambling")
+
+
+def test_the_bundled_lists_build_and_keep_age_categories_unblocked(tmp_path):
+    snapshot = compile_lists("", tmp_path / "var")
+    assert in_force(tmp_path / "var") == {PUBLISHER_ID: 1}
+    top = {p.name.removesuffix(".txt") for p in bundled_dir().glob("*.txt")}
+    assert top <= snapshot.blocked_categories
+    for category in ("social_networks", "messaging", "video_streaming", "online_games", "ai_chat"):
+        assert category in snapshot.index.categories
+        assert category not in snapshot.blocked_categories
+    assert decision(snapshot, "zalo.me")[0] is False
+    assert decision(snapshot, "fb88.com") == (True, "category=gambling")
+
+
+# ---------------------------------------------------------------- criteria in force
+
+
+def _feed_with(
+    tmp_path: Path, publisher: str, categories, lists: dict[str, str], now: datetime
+) -> Path:
+    key = generate_key(publisher, publisher)
+    src = tmp_path / f"src-{publisher}"
+    src.mkdir()
+    for name, text in lists.items():
+        (src / name).write_text(text)
+    out = tmp_path / f"www-{publisher}"
+    build_feed(src, out, key, now=now, categories=categories)
+    data = tmp_path / "var"
+    assert (
+        sync_feed(out, key.public, data / "feeds", allow_insecure=True, now=now).result
+        == "accepted"
+    )
+    return data
+
+
+def _table(**ages: str) -> tuple[Category, ...]:
+    out = []
+    for c in DEFAULT_CATEGORIES:
+        out.append(Category(c.id, c.names, ages.get(c.id, c.min_age), c.description, c.basis))
+    return tuple(out)
+
+
+def test_criteria_in_force_newest_publisher_wins_per_id(lists, tmp_path):
+    data = tmp_path / "var"
+    assert criteria_in_force(data)["social_networks"].min_age == "16+"  # the default table
+    now = datetime.now(UTC).replace(microsecond=0)
+    # A ministry lowers social networks to 12+ and adds a category of its own.
+    homework = Category("homework_help", Names("Giải bài tập", "Homework answers"), "16+", "d", "b")
+    _feed_with(
+        tmp_path,
+        "moet.gov.vn",
+        (*_table(social_networks="12+"), homework),
+        {"homework_help.txt": "answers.test\n"},
+        now - timedelta(hours=2),
+    )
+    # A school, newer, sets it to 18+ (and changes nothing else).
+    _feed_with(
+        tmp_path,
+        "school.example.vn",
+        _table(social_networks="18+"),
+        {"gambling.txt": "bet.test\n"},
+        now - timedelta(hours=1),
+    )
+    criteria = criteria_in_force(data)
+    assert criteria["social_networks"].min_age == "18+"
+    assert criteria["homework_help"].min_age == "16+"
+    assert set(criteria) == {c.id for c in DEFAULT_CATEGORIES} | {"homework_help"}
+    # The default feed, built later, does not override the publishers.
+    snapshot = compile_lists(str(lists), data)
+    assert set(in_force(data)) == {PUBLISHER_ID, "moet.gov.vn", "school.example.vn"}
+    assert criteria_in_force(data)["social_networks"].min_age == "18+"
+    # Today's snapshot follows the criteria in force: social networks are 18+ now, so blocked.
+    assert decision(snapshot, "social.test") == (True, "category=social_networks")
+    assert decision(snapshot, "answers.test") == (False, "category-not-blocked")
+    assert decision(snapshot, "bet.test") == (True, "category=gambling")
