@@ -31,6 +31,7 @@ from agent.index import (
     wire_to_text,
 )
 from agent.index.lookup import HEADER_FORMAT, HEADER_SIZE
+from agent.index.sources import read_entries
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_LISTS = REPO.parent / "shared" / "data" / "lists"
@@ -214,6 +215,61 @@ def test_source_validation():
         Source("gambling", "deny", Path("x"), "x")
     s = Source("gambling", "block", "lists/g.txt")  # type: ignore[arg-type]
     assert s.path == Path("lists/g.txt") and s.label == "g.txt"
+
+
+@pytest.mark.parametrize("band", ["00+", "12+", "16+", "18+", "always", "off"])
+def test_a_category_label_may_carry_an_age_band(band, tmp_path):
+    assert Source(f"online_games@{band}", "block", Path("x")).category == f"online_games@{band}"
+    # The label survives the build in a child process and comes back in matches.
+    path = tmp_path / "games.18.txt"
+    path.write_text("game18.example\n")
+    out = tmp_path / "idx"
+    build_in_subprocess([Source(f"online_games@{band}", "block", path, "games")], out)
+    with DomainIndex.open(out) as index:
+        assert index.lookup_text("www.game18.example").categories == (f"online_games@{band}",)
+        assert index.categories == {f"online_games@{band}"}
+
+
+@pytest.mark.parametrize("label", ["online_games@13+", "online_games@", "@18+", "a@18+@18+", "Games@18+"])
+def test_bad_category_labels_are_refused(label):
+    with pytest.raises(ValueError, match="bad category id"):
+        Source(label, "block", Path("x"))
+
+
+def test_read_entries_takes_exceptions_and_wildcards(tmp_path):
+    f = tmp_path / "public.txt"
+    f.write_text(
+        "! adblock list\n"
+        "||block.example^\n"
+        "@@||allow.example^\n"
+        "@@||allow2.example^$important\n"
+        "*.wild.example\n"
+        "||*.wild2.example^\n"
+        "0.0.0.0 hosts.example localhost\n"
+        "plain.example\n"
+        # bad ones:
+        "@@allow3.example\n"
+        "@@|https://x.example/\n"
+        "*.\n"
+        "||*.^\n"
+        "*.*.deep.example\n"
+        "example.com##.banner\n"
+    )
+    stats = ParseStats()
+    got = list(read_entries(f, stats))
+    assert got == [
+        ("block", "block.example"),
+        ("allow", "allow.example"),
+        ("allow", "allow2.example"),
+        ("block", "wild.example"),
+        ("block", "wild2.example"),
+        ("block", "hosts.example"),
+        ("block", "plain.example"),
+    ]
+    assert (stats.domains, stats.bad, stats.ignored, stats.comments) == (7, 6, 1, 1)
+    # read_domains, for feeds and bundled lists, still refuses both forms.
+    stats = ParseStats()
+    assert "allow.example" not in list(read_domains(f, stats)) and stats.bad == 10
 
 
 # -- lookup semantics -----------------------------------------------------------------------
