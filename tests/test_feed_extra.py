@@ -323,6 +323,30 @@ def test_real_public_lists(www, tmp_path):
     assert all(r.entries > 100 for r in results)
 
 
+def test_the_sync_command_syncs_the_sources(www, tmp_path):
+    from tests.test_feed_enforce import child_env, safenest_cli
+
+    data = tmp_path / "var"
+    good = www.put("good.txt", "0.0.0.0 bet1.test\n0.0.0.0 bet2.test\n")
+    bad = www.put("bad.txt", "<html>\n<p>moved</p>\n</html>\n")
+    env = child_env(sources=f"gambling={good} adult={bad}", feed_allow_insecure="true")
+    out = safenest_cli("sync", "--data", str(data), env=env, cwd=tmp_path)
+    assert out.returncode == 1, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == f"source gambling={good}: accepted, 2 names"
+    assert lines[1].startswith(f"source adult={bad}: rejected: bad_lines: ")
+    assert lines[1].endswith("; nothing in force") and len(lines) == 2
+    assert set(read_source_status(data)["sources"]) == {good, bad}
+    # A source naming a category that no feed defines is refused.
+    env = child_env(sources=f"casino={good}", feed_allow_insecure="true")
+    out = safenest_cli("sync", "--data", str(data), env=env, cwd=tmp_path)
+    assert (
+        out.returncode == 1
+        and "rejected: unknown_category: unknown category 'casino'" in out.stdout
+    )
+    assert "removed" in out.stdout  # the two sources no longer configured
+
+
 # ---------------------------------------------------------------- during a query loop
 
 
@@ -343,6 +367,8 @@ def test_a_sync_during_a_continuous_query_loop_loses_no_query(
         feed_allow_insecure=True,
         rate_limit_queries=0,  # one client asks as fast as it can: not a flood to limit here
     )
+    # Sources alone start the scheduled sync.
+    assert server.agent.feed_sync.scheduler is not None
     sent = answered = 0
     errors: list[str] = []
     stop = threading.Event()
