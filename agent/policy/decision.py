@@ -153,7 +153,9 @@ def _decide(st: ProfileState, q: bytes, qtype: int) -> Decision:
     """The precedence of the module docstring, over one profile's state."""
     sh = st.shared
     t = st.tables
-    matches = sh.matches(q) if sh.lookup(q) is not None else ()
+    # Every listed suffix, most specific first: a profile may not block the most specific one's
+    # category while a parent domain is listed in one it does. (As cheap as lookup() on a miss.)
+    matches = sh.matches(q)
 
     # 1. always
     if matches and sh.always:

@@ -208,13 +208,17 @@ class PolicySnapshot:
     # -- time ------------------------------------------------------------------------------
 
     def state_at(self, now: datetime) -> dict[str, ProfileState]:
-        """Every profile's state at the aware instant `now` (memoised until next_change)."""
+        """Every profile's state at the aware instant `now` (memoised until next_change).
+
+        `now` in UTC is fastest: comparing datetimes of a ZoneInfo zone costs about 1 µs."""
+        if now.tzinfo is not UTC:
+            now = now.astimezone(UTC)
         lo, hi, states = self._state
         if lo <= now < hi:
             return states
         states = {pid: self._profile_state(cp, now) for pid, cp in self.profiles.items()}
         nxt = self.next_change(now)
-        self._state = (now.astimezone(UTC), nxt.astimezone(UTC) if nxt else _NEVER, states)
+        self._state = (now, nxt if nxt is not None else _NEVER, states)
         return states
 
     def default_state(self, now: datetime) -> ProfileState:
