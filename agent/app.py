@@ -1,4 +1,13 @@
-"""Wiring: settings -> lists -> resolver chain -> sockets; signals for stop and reload."""
+"""Wiring: settings -> lists and policy -> chain -> sockets; signals for stop and reload.
+
+The policy in force is one immutable PolicySnapshot (policy/snapshot.py) built off the event
+loop from the compiled lists' index, the criteria in force, the policy database and the
+services catalogue, and swapped into the Policy step with one assignment. It is rebuilt after
+a list compile or sync, and within about a second of a change in the policy database (a
+watcher thread polls its revision). At the snapshot's next change (a schedule window, an
+override, a birthday) a loop timer makes the Policy step forget its decisions; the watcher
+also catches wall-clock jumps (a Pi has no RTC: NTP sets the clock after boot).
+"""
 
 from __future__ import annotations
 
@@ -6,23 +15,48 @@ import asyncio
 import gc
 import logging
 import signal
+import threading
+import time
 
+from .devices import NeighbourTable
+from .devices.neighbours import REFRESH_SECONDS as NEIGHBOURS_REFRESH
 from .dns.cache import AnswerCache
 from .dns.pipeline import build_chain
 from .dns.server import DnsServer, parse_listen
-from .dns.steps.blocking import Blocking
 from .dns.steps.caching import Caching
 from .dns.steps.client_gate import ClientGate
 from .dns.steps.forwarding import Forwarding
 from .dns.steps.local_names import LocalNames
+from .dns.steps.policy import Policy
 from .dns.steps.special_queries import SpecialQueries
 from .dns.upstream import Forwarder
 from .feed.schedule import FeedSync
 from .lists import compile_lists, last_good, load_snapshot
 from .settings import Settings
+from .storage.policy_store import open_policy_store
 from .upstreams import choose_upstreams
 
 log = logging.getLogger("safenest")
+
+POLICY_POLL_SECONDS = 0.5  # the policy database's revision is read this often (a change acts within 2 s)
+CLOCK_JUMP_SECONDS = 1.0  # a wall-clock step larger than this re-evaluates the schedules
+
+
+def policy_snapshot(policy, lists, data_dir):
+    """The PolicySnapshot of `policy` over the compiled `lists` (shared with `safenest explain`)."""
+    from .lists import criteria_in_force
+    from .policy.catalogue import load_catalogue
+    from .policy.snapshot import build_snapshot
+
+    try:
+        criteria = criteria_in_force(data_dir)
+    except Exception as exc:  # unreadable feeds must not stop DNS: the default ages apply
+        from .feed.categories import DEFAULT_CATEGORIES
+
+        log.error("cannot read the categories of the feeds in force (%s); using the default ages", exc)
+        criteria = {c.id: c for c in DEFAULT_CATEGORIES}
+    return build_snapshot(policy, criteria, lists.index, load_catalogue(), lists.label)
+
 
 class Agent:
     """One running SafeNest: built from settings, started, reloaded, stopped."""
@@ -40,12 +74,18 @@ class Agent:
         # Start from the lists compiled last time, if any, so DNS is filtering at once;
         # the fresh compile runs in the background and is swapped in.
         saved = last_good(s.data)
-        self.blocking = Blocking(saved or load_snapshot(s.blocklists_dir, s.data), s.block_mode, s.block_ttl)
+        self.lists = saved or load_snapshot(s.blocklists_dir, s.data)
         self._need_compile = saved is not None
+        self.store = open_policy_store(s.data)
+        self.neighbours = NeighbourTable()  # refreshed by the watcher thread, off the loop
+        self.neighbours.refresh()  # a few ms: MAC-assigned devices are known from the first query
+        self.policy = Policy(
+            self._policy_snapshot(self.lists, at_start=True), s.block_mode, s.block_ttl, self.neighbours
+        )
         self.steps = build_chain(
             self.gate,
             LocalNames(s.local_names, s.local_addresses),
-            self.blocking,
+            self.policy,
             SpecialQueries(),
             Caching(self.cache),
             Forwarding(self.forwarder),
@@ -57,18 +97,126 @@ class Agent:
             tcp_idle_timeout=s.tcp_idle_timeout,
             tcp_max_connections=s.tcp_max_connections,
         )
+        # The replay memo keys its answers by the profile the Policy step found for each client.
+        self.server.replay.tags = self.policy.tags
+        self.server.replay.until = self.policy.valid_until
+        self.policy.on_change = self._policy_changed
         self._reloading: asyncio.Task | None = None
+        self._rebuilding: asyncio.Task | None = None
+        self._build_lock = asyncio.Lock()  # one snapshot build at a time (lists or policy)
+        self._rebuild_wanted = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watching = threading.Event()  # set: the watcher thread stops
+        self._watcher: threading.Thread | None = None
         self.feed_sync = FeedSync(settings, self.reload_after_sync)
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         await self.server.start(self.listen)
         for step in self.steps:
             log.info("chain: %s", step.describe())
         for proto, host, port in self.server.addresses:
             log.info("serving DNS on %s %s", proto, f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        self._arm_timer(self.policy.valid_until)
+        self._watcher = threading.Thread(target=self._watch, name="policy-watch", daemon=True)
+        self._watcher.start()
         if self._need_compile:
             self.reload()
         self.feed_sync.start()
+
+    # -- the policy snapshot ------------------------------------------------
+
+    def _policy_snapshot(self, lists, at_start: bool = False):
+        """Build a PolicySnapshot (blocking: run it in a worker thread once serving). At start a
+        policy database that cannot be read gives the default policy (every device a 12+ child),
+        so DNS starts filtering; later, the exception keeps the snapshot in force."""
+        from .policy.model import default_policy
+
+        try:
+            policy = self.store.load()
+        except Exception as exc:
+            if not at_start:
+                raise
+            log.error("cannot read the policy (%s): every device gets the default 12+ profile until it can", exc)
+            policy = default_policy()
+        snapshot = policy_snapshot(policy, lists, self.settings.data)
+        for warning in snapshot.warnings:
+            log.warning("policy: %s", warning)
+        return snapshot
+
+    def rebuild_policy(self) -> None:
+        """The policy database changed: rebuild the snapshot off the loop (requests made while
+        one is waiting are served by that one)."""
+        self._rebuild_wanted = True
+        if self._rebuilding is not None and not self._rebuilding.done():
+            return
+
+        async def run() -> None:
+            while self._rebuild_wanted:
+                async with self._build_lock:
+                    self._rebuild_wanted = False
+                    lists = self.lists
+                    try:
+                        snapshot = await asyncio.to_thread(self._policy_snapshot, lists)
+                    except Exception as exc:
+                        log.error("cannot rebuild the policy, keeping the one in force: %s", exc)
+                        return
+                    self.policy.swap(snapshot)
+                    log.info("policy in force: revision %s", getattr(snapshot, "revision", "?"))
+
+        self._rebuilding = asyncio.ensure_future(run())
+
+    def _policy_changed(self, valid_until: float) -> None:
+        """The Policy step forgot its decisions (swap, time, clients): so does the replay memo."""
+        self.server.replay.clear(until=valid_until)
+        self._arm_timer(valid_until)
+
+    def _arm_timer(self, valid_until: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._loop is not None and valid_until != float("inf"):
+            # The loop's clock is time.monotonic(), the clock of valid_until.
+            self._timer = self._loop.call_at(valid_until, self.policy.refresh_time)
+
+    # -- the watcher thread: database revision, neighbours, clock jumps -------
+
+    def _watch(self) -> None:
+        loop = self._loop
+        seen = self._revision()
+        next_neighbours = time.monotonic()
+        while not self._watching.wait(POLICY_POLL_SECONDS):
+            revision = self._revision()
+            if revision is not None and revision != seen:
+                seen = revision
+                loop.call_soon_threadsafe(self.rebuild_policy)
+            drift = (time.time() - time.monotonic()) - self.policy.wall_offset
+            if abs(drift) > CLOCK_JUMP_SECONDS:
+                log.info("the wall clock moved by %.1f s: schedules are evaluated again", drift)
+                loop.call_soon_threadsafe(self.policy.refresh_time)
+            if time.monotonic() >= next_neighbours:
+                next_neighbours = time.monotonic() + NEIGHBOURS_REFRESH
+                try:
+                    self.neighbours.refresh()
+                except Exception as exc:
+                    log.warning("cannot read the neighbour table: %s", exc)
+                else:
+                    loop.call_soon_threadsafe(self._neighbours_refreshed)
+        self.store.database.close()
+
+    def _revision(self) -> int | None:
+        try:
+            return self.store.revision()
+        except Exception as exc:
+            log.warning("cannot read the policy revision: %s", exc)
+            return None
+
+    def _neighbours_refreshed(self) -> None:
+        if self.policy.neighbours_changed():
+            self.server.replay.clear()
+
+    # -- lists ------------------------------------------------------------------
 
     def reload(self) -> None:
         """Recompile the lists off the event loop and swap them in; queries keep being answered."""
@@ -79,12 +227,19 @@ class Agent:
         async def run() -> None:
             s = self.settings
             try:
-                snapshot = await asyncio.to_thread(compile_lists, s.blocklists_dir, s.data)
+                lists = await asyncio.to_thread(compile_lists, s.blocklists_dir, s.data)
             except Exception as exc:
                 log.error("cannot compile the block lists, keeping the ones in force: %s", exc)
                 return
-            self.swap(snapshot)
-            log.info("lists in force: %d names", len(snapshot.index))
+            async with self._build_lock:
+                try:
+                    snapshot = await asyncio.to_thread(self._policy_snapshot, lists)
+                except Exception as exc:
+                    log.error("cannot build the policy on the new lists, keeping the ones in force: %s", exc)
+                    return
+                self.lists = lists
+                self.policy.swap(snapshot)
+            log.info("lists in force: %d names", len(lists.index))
 
         self._reloading = asyncio.ensure_future(run())
 
@@ -96,17 +251,18 @@ class Agent:
             await asyncio.wait([running])
         self.reload()
 
-    def swap(self, snapshot) -> None:
-        """Put a new policy snapshot in force; remembered answers made under the old one are dropped."""
-        self.blocking.swap(snapshot)
-        self.server.replay.clear()
-
     async def stop(self) -> None:
         self.feed_sync.stop()
-        if self._reloading is not None:
-            self._reloading.cancel()
+        self._watching.set()
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in (self._reloading, self._rebuilding):
+            if task is not None:
+                task.cancel()
         self.server.close()
         self.forwarder.close()
+        if self._watcher is not None:
+            await asyncio.to_thread(self._watcher.join, 5)
 
 
 async def serve(settings: Settings, ready: asyncio.Event | None = None) -> int:

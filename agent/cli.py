@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sys
 
 import click
@@ -62,28 +63,115 @@ def run(config, data, dns, upstream) -> None:
     sys.exit(code)
 
 
+def _parse_at(text: str | None, zone):
+    """--at: ISO-8601 (without an offset: in the policy's zone) or HH:MM today in that zone."""
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC).astimezone(zone)
+    if text is None:
+        return now
+    text = text.strip()
+    clock = re.fullmatch(r"([01]?[0-9]|2[0-3]):([0-5][0-9])", text)
+    if clock:
+        return now.replace(hour=int(clock[1]), minute=int(clock[2]), second=0, microsecond=0)
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is not a time: give HH:MM (today) or ISO-8601 like 2026-11-28T21:45", param_hint="--at"
+        ) from None
+    return when.replace(tzinfo=zone) if when.tzinfo is None else when.astimezone(zone)
+
+
+def _parse_type(text: str) -> int:
+    from dnslib import QTYPE
+
+    text = text.strip().upper()
+    if text.startswith("TYPE") and text[4:].isdigit() and int(text[4:]) < 65536:
+        return int(text[4:])
+    number = QTYPE.reverse.get(text)
+    if number is None:
+        raise click.BadParameter(f"{text!r} is not a DNS record type (A, AAAA, HTTPS, MX, ...)", param_hint="--type")
+    return number
+
+
+def _what_is_answered(decision, qtype: int, block_mode: str, cap: int | None) -> str:
+    if decision.action == "allow":
+        return "the upstream's answer" + (f", TTLs at most {cap} s (the profile has schedules)" if cap else "")
+    if decision.action == "rewrite":
+        return f"CNAME {decision.target} and its records"
+    how = decision.answer or block_mode
+    if how == "null" and qtype in (1, 28):
+        return ("0.0.0.0" if qtype == 1 else "::") + " (blocked)"
+    return {"nxdomain": "NXDOMAIN (no such name)"}.get(how, "no records (NODATA)")
+
+
 @main.command()
 @click.argument("domain")
+@click.option(
+    "--client",
+    metavar="IP",
+    help="The asking device's address; its profile is found as the resolver finds it (IP, MAC "
+    "from this machine's neighbour table, subnet). Default: an unknown device (the default profile).",
+)
+@click.option(
+    "--at",
+    "at",
+    metavar="TIME",
+    help="When: HH:MM today, or ISO-8601 (2026-11-28T21:45; without an offset, in the policy's "
+    "time zone). Default: now.",
+)
+@click.option("--type", "qtype", default="A", show_default=True, metavar="TYPE", help="The query type: A, AAAA, HTTPS, MX, ...")
 @config_option
 @data_option
-def explain(domain, config, data) -> None:
-    """Say whether DOMAIN would be blocked, and why (the category, the rule and the list)."""
+def explain(domain, client, at, qtype, config, data) -> None:
+    """Say what DOMAIN gets for a device at a time, and why: the profile, the decision, its reason
+    (category and minimum age, rule, schedule, service or override) and the list."""
+    import ipaddress
+
+    from .app import policy_snapshot
     from .index import normalize_domain, to_wire
     from .lists import last_good, load_snapshot
-    from .policy import decide
+    from .policy.decision import decide
+    from .storage.policy_store import open_policy_store
 
     settings = _settings(config, data=data)
     name = normalize_domain(domain)
     if name is None:
         raise click.ClickException(f"{domain!r} is not a domain name (give a name like www.example.com)")
+    if client is not None:
+        try:
+            client = str(ipaddress.ip_address(client.strip()))
+        except ValueError:
+            raise click.BadParameter(f"{client!r} is not an IP address", param_hint="--client") from None
+    rtype = _parse_type(qtype)
     _setup_logging("warning")
-    snapshot = last_good(settings.data) or load_snapshot(settings.blocklists_dir, settings.data)
-    if snapshot.label == "none":
+    lists = last_good(settings.data) or load_snapshot(settings.blocklists_dir, settings.data)
+    if lists.label == "none":
         raise click.ClickException("no block lists could be compiled or loaded, so nothing can be explained")
-    decision = decide(to_wire(name), snapshot)
+    try:
+        store = open_policy_store(settings.data)
+        policy = store.load()
+    except Exception as exc:
+        raise click.ClickException(f"cannot read the policy in {settings.data}: {exc}") from None
+    snapshot = policy_snapshot(policy, lists, settings.data)
+    when = _parse_at(at, snapshot.zone)
+    mac = None
+    if client is not None:
+        from .devices import NeighbourTable
+
+        neighbours = NeighbourTable()
+        neighbours.refresh()
+        mac = neighbours.lookup(client)
+    profile = snapshot.profile_for(client or "", mac)
+    decision = decide(to_wire(name), rtype, profile, when, snapshot)
     click.echo(f"{name}: {decision.explain()}")
     click.echo(f"reason: {decision.reason}")
-    click.echo(f"lists: {snapshot.label}")
+    click.echo(f"answer: {_what_is_answered(decision, rtype, settings.block_mode, snapshot.ttl_cap(profile.id, when))}")
+    device = f"client {client}" + (f" (MAC {mac})" if mac else "") if client else "an unknown device"
+    click.echo(f"profile: {profile.id} ({profile.name}), for {device}")
+    click.echo(f"at: {when.isoformat(timespec='minutes')} ({snapshot.policy.timezone})")
+    click.echo(f"lists: {lists.label}")
     sys.exit(0)
 
 

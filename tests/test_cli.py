@@ -572,7 +572,7 @@ def test_explain_with_safenest_data_instead_of_data(safenest, tmp_path):
     data = tmp_path / "via-env"
     child = run_to_end(safenest, "explain", "www.adult.test", env={"SAFENEST_DATA": str(data)})
     assert child.proc.returncode == 0, child.stderr
-    assert child.stdout.startswith("www.adult.test: blocked: category adult")
+    assert child.stdout.startswith("www.adult.test: blocked for profile default (12+): category adult")
     assert "lists/adult.txt" in child.stdout
     assert (data / "lists.idx").is_file()  # the folder named by SAFENEST_DATA was used
     assert not (tmp_path / "var").exists()  # not the default ./var
@@ -595,6 +595,76 @@ def test_explain_a_bad_name_is_a_clear_error(safenest, tmp_path, name):
     assert "is not a domain name" in child.stderr
     assert "Traceback" not in child.stderr
     assert "blocked" not in child.stdout and "allowed" not in child.stdout
+
+
+def _family(data: Path, **changes) -> None:
+    """A policy in DATA/safenest.db: 127.0.0.2 is a 9-year-old with a bedtime, and a rule."""
+    from agent.policy.model import Device, Policy, Profile, Rule, Schedule
+    from agent.storage.policy_store import open_policy_store
+
+    year = time.localtime().tm_year
+    policy = Policy(
+        profiles=(Profile("default", "Default", band="12+"), Profile("lan", "Lan", birth=(year - 9, 1))),
+        devices=(Device("lan-phone", "Lan's phone", "ip", "127.0.0.2", "lan"),),
+        rules=(Rule("ok.test", "block", profile="lan"),),
+        schedules=(Schedule("bedtime", "lan", "Bedtime", frozenset(range(7)), "21:30", "06:30", "internet_off"),),
+        **changes,
+    )
+    store = open_policy_store(data)
+    store.replace(policy)
+    store.database.close()
+
+
+def test_explain_for_a_client_at_a_time(safenest, tmp_path):
+    data = tmp_path / "d"
+    _family(data)
+    # The unknown device (default profile) may; the child's rule blocks it.
+    out = run_to_end(safenest, "explain", "ok.test", "--data", str(data)).stdout
+    assert out.startswith("ok.test: allowed for profile default (12+)")
+    child = run_to_end(safenest, "explain", "ok.test", "--client", "127.0.0.2", "--at", "12:00", "--data", str(data))
+    assert child.proc.returncode == 0, child.stderr
+    lines = child.stdout.splitlines()
+    assert lines[0] == "ok.test: blocked for profile lan (00+): a rule blocks ok.test and its subdomains"
+    assert "reason: rule=block:ok.test" in lines
+    assert "answer: 0.0.0.0 (blocked)" in lines
+    assert "profile: lan (Lan), for client 127.0.0.2" in lines
+    assert any(line.startswith("at: ") and "T12:00+07:00 (Asia/Ho_Chi_Minh)" in line for line in lines)
+    # At 22:00 the bedtime window decides first for any name; in the morning the ages do.
+    night = run_to_end(safenest, "explain", "other.test", "--client", "127.0.0.2", "--at", "2026-11-30T22:00", "--data", str(data))
+    assert "reason: schedule=bedtime" in night.stdout, night.stdout + night.stderr
+    day = run_to_end(safenest, "explain", "other.test", "--client", "127.0.0.2", "--at", "2026-11-30T10:00+07:00", "--data", str(data))
+    assert "reason: default" in day.stdout
+    assert "TTLs at most 300 s" in day.stdout  # a profile with a schedule
+
+
+def test_explain_a_type_and_safesearch(safenest, tmp_path):
+    data = tmp_path / "d"
+    _family(data)
+    out = run_to_end(safenest, "explain", "www.google.com.vn", "--type", "https", "--data", str(data)).stdout
+    assert "reason: safesearch=google" in out
+    assert "answer: CNAME forcesafesearch.google.com and its records" in out
+    txt = run_to_end(safenest, "explain", "www.google.com.vn", "--type", "TXT", "--data", str(data)).stdout
+    assert "reason: default" in txt  # only A, AAAA and HTTPS are rewritten
+    arpa = run_to_end(safenest, "explain", "x.resolver.arpa", "--type", "TYPE64", "--data", str(data)).stdout
+    assert "answer: no records (NODATA)" in arpa
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--client", "not-an-ip"], ["--client", "not an IP address"]),
+        (["--at", "25:00"], ["--at", "not a time"]),
+        (["--at", "tomorrow"], ["--at", "not a time"]),
+        (["--type", "BOGUS"], ["--type", "not a DNS record type"]),
+    ],
+    ids=["client", "hour", "word", "type"],
+)
+def test_explain_bad_options_are_clear_errors(safenest, tmp_path, args, words):
+    child = run_to_end(safenest, "explain", "ok.test", *args, "--data", str(tmp_path / "d"))
+    assert child.proc.returncode == 2
+    for word in words:
+        assert word in child.stderr
+    assert "Traceback" not in child.stderr
 
 
 def test_explain_without_usable_lists_does_not_say_allowed(safenest, tmp_path):

@@ -37,7 +37,7 @@ def lists(tmp_path):
     folder.mkdir()
     (folder / "gambling.txt").write_text("# test list\nfb88.test\ncasino.test\n")
     (folder / "adult.txt").write_text("# test list\nadult.test\n")
-    (folder / "adult.allow.txt").write_text("# test allow list\nhealth.adult.test\n")
+    (folder / "sex_education.allow.txt").write_text("# test allow list (12+, the default profile)\nhealth.adult.test\n")
     return folder
 
 
@@ -114,7 +114,7 @@ def test_blocked_names_and_subdomains_get_the_null_answer_with_ede(server, name)
     assert [r.to_text() for r in answer.answer[0]] == ["0.0.0.0"]
     assert answer.answer[0].ttl == 10
     ede = [o for o in answer.options if o.otype == dns.edns.EDE]
-    assert ede and ede[0].code == 15 and ede[0].text == "category=gambling"
+    assert ede and ede[0].code == 15 and ede[0].text == "category=gambling min_age=18+"
     aaaa = ask(server, name, "AAAA", use_edns=0)
     assert [r.to_text() for r in aaaa.answer[0]] == ["::"]
     mx = ask(server, name, "MX", use_edns=0)
@@ -138,7 +138,7 @@ def test_nxdomain_mode(safenest, upstream, lists):
     answer = ask(server, "www.casino.test", use_edns=0)
     assert answer.rcode() == dns.rcode.NXDOMAIN
     assert answer.authority and answer.authority[0].rdtype == dns.rdatatype.SOA
-    assert [o.text for o in answer.options if o.otype == dns.edns.EDE] == ["category=gambling"]
+    assert [o.text for o in answer.options if o.otype == dns.edns.EDE] == ["category=gambling min_age=18+"]
 
 
 def test_tcp_answers_and_pipelines(server):
@@ -194,7 +194,7 @@ def test_dig_over_udp_and_tcp(server):
             text=True,
             timeout=10,
         ).stdout
-        assert "EDE: 15 (Blocked): (category=gambling)" in blocked
+        assert "EDE: 15 (Blocked): (category=gambling min_age=18+)" in blocked
 
 
 def test_edns_buffer_is_advertised_and_badvers_answered(server):
@@ -428,7 +428,7 @@ def test_internal_error_answers_servfail_and_logs(server, caplog):
     def boom(query):
         raise RuntimeError("a bug")
 
-    server.call(setattr, server.agent.blocking, "decision", boom)
+    server.call(setattr, server.agent.policy, "decision", boom)
     answer = ask(server, "www.example.test")
     assert answer.rcode() == dns.rcode.SERVFAIL
     assert server.agent.server.errors == 1
@@ -518,7 +518,7 @@ def test_internal_errors_are_all_answered_but_not_all_logged(server, caplog):
     def boom(query):
         raise RuntimeError("a bug")
 
-    server.call(setattr, server.agent.blocking, "decision", boom)
+    server.call(setattr, server.agent.policy, "decision", boom)
     for i in range(15):
         assert ask(server, f"n{i}.example.test").rcode() == dns.rcode.SERVFAIL
     assert server.agent.server.errors == 15

@@ -12,7 +12,21 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 
-from .wire import CD, EDNS_UDP_SIZE, NOERROR, NXDOMAIN, RD, U16, U32, Query, ResponseInfo
+from .wire import (
+    CD,
+    EDNS_UDP_SIZE,
+    HEADER,
+    NOERROR,
+    NXDOMAIN,
+    RD,
+    RR_FIXED,
+    T_OPT,
+    U16,
+    U32,
+    Query,
+    ResponseInfo,
+    skip_name,
+)
 
 STALE_TTL = 30  # RFC 8767 recommends 30 s for stale answers
 
@@ -25,7 +39,7 @@ def _footprint(entry: Entry) -> int:
 class Entry:
     """One upstream answer, with what is needed to serve it to any client asking the same."""
 
-    __slots__ = ("wire", "ttls", "stored", "expires", "stale_until", "rdcd", "_age", "_aged")
+    __slots__ = ("wire", "ttls", "stored", "expires", "stale_until", "rdcd", "_age", "_aged", "_capped")
 
     def __init__(self, wire: bytes, info: ResponseInfo, rdcd: int, now: float):
         if info.opt_offset >= 0:
@@ -41,26 +55,42 @@ class Entry:
         self.rdcd = rdcd  # the RD and CD bits of the query that fetched it
         self._age = 0
         self._aged = wire
+        self._capped: tuple | None = None  # (age, cap, bytes): the last capped copy
 
-    def serve(self, query: Query, now: float, stale: bool = False) -> bytes:
-        return self.serve_packet(query.data, query.question_end, query.flags, now, stale)
+    def serve(self, query: Query, now: float, stale: bool = False, cap: int | None = None) -> bytes:
+        return self.serve_packet(query.data, query.question_end, query.flags, now, stale, cap)
 
-    def serve_packet(self, data: bytes, question_end: int, flags: int, now: float, stale: bool = False) -> bytes:
-        """The answer for the query packet `data` (its question ends at `question_end`)."""
+    def serve_packet(
+        self, data: bytes, question_end: int, flags: int, now: float, stale: bool = False, cap: int | None = None
+    ) -> bytes:
+        """The answer for the query packet `data` (its question ends at `question_end`).
+
+        `cap`: no TTL above this many seconds (a profile with schedules must not keep
+        answers past the start of its bedtime)."""
         if stale:
-            body = self._with_ttls(lambda ttl: min(ttl, STALE_TTL) if ttl else 0)
+            body = self._with_ttls(lambda ttl: min(ttl, STALE_TTL, cap or STALE_TTL) if ttl else 0)
         else:
             age = int(now - self.stored)
             if age != self._age:
                 self._aged = self._with_ttls(lambda ttl: ttl - age if ttl > age else 0)
                 self._age = age
             body = self._aged
+            if cap is not None:
+                body = self._capped_body(age, cap)
         flags &= RD | CD
         if flags != self.rdcd:
             # Echo the client's RD and CD bits (rare: nearly every client sets RD).
             head = bytes((body[2] & 0xFE | flags >> 8, body[3] & 0xEF | flags & CD))
             body = body[:2] + head + body[4:]
         return data[:2] + body[2:12] + data[12:question_end] + body[question_end:]
+
+    def _capped_body(self, age: int, cap: int) -> bytes:
+        capped = self._capped
+        if capped is None or capped[0] != age or capped[1] != cap:
+            # Kept per (age, cap): a second client of the same profile reuses it.
+            body = self._with_ttls(lambda ttl: min(ttl - age, cap) if ttl > age else 0)
+            capped = self._capped = (age, cap, body)
+        return capped[2]
 
     def same_until(self) -> float:
         """Until when `serve` gives the same bytes: the next whole second of age, or expiry."""
@@ -72,6 +102,27 @@ class Entry:
         for offset, ttl in self.ttls:
             U32.pack_into(aged, offset, new_ttl(ttl))
         return bytes(aged)
+
+
+def cap_ttls(wire: bytes, cap: int) -> bytes:
+    """`wire` with every TTL above `cap` lowered to it (for answers that no cache entry
+    describes; entries cap their own copies). A message it cannot walk is returned as is."""
+    try:
+        _, _, qdcount, ancount, nscount, arcount = HEADER.unpack_from(wire)
+        out = None
+        pos = 12
+        for _ in range(qdcount):
+            pos = skip_name(wire, pos) + 4
+        for _ in range(ancount + nscount + arcount):
+            pos = skip_name(wire, pos)
+            rtype, _, ttl, rdlen = RR_FIXED.unpack_from(wire, pos)
+            if rtype != T_OPT and ttl > cap:
+                out = out or bytearray(wire)
+                U32.pack_into(out, pos + 4, cap)
+            pos += 10 + rdlen
+    except Exception:  # struct.error or Malformed: upstream answers were checked already
+        return wire
+    return wire if out is None else bytes(out)
 
 
 def cache_ttl(info: ResponseInfo, max_ttl: int, negative_max_ttl: int) -> int:

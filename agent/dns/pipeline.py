@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from .steps.base import Step
-from .steps.blocking import Blocking
 from .steps.caching import Caching
 from .steps.client_gate import ClientGate
 from .steps.forwarding import Forwarding
 from .steps.local_names import LocalNames
+from .steps.policy import Policy
 from .steps.special_queries import SpecialQueries
 
 
@@ -21,7 +21,7 @@ def chain(*steps: Step) -> Step:
 def build_chain(
     gate: ClientGate,
     local: LocalNames,
-    blocking: Blocking,
+    policy: Policy,
     special: SpecialQueries,
     caching: Caching,
     forwarding: Forwarding,
@@ -32,10 +32,12 @@ def build_chain(
         # 2. Our own names answer even when the lists or every upstream are broken,
         #    so a parent can always reach the admin page.
         local,
-        # 3. Policy before the cache: a cached answer must never leak past a block,
-        #    and a name unblocked later must not wait for a cached block to expire.
-        blocking,
-        # 4. ANY and other classes after blocking, so a blocked name is blocked for every type.
+        # 3. Policy before the cache: a cached answer must never leak past a block, a
+        #    name unblocked later must not wait for a cached block to expire, and the
+        #    cache is shared by every profile (the policy, not the cache, differs per
+        #    child). A SafeSearch rewrite asks the links below for its target.
+        policy,
+        # 4. ANY and other classes after the policy, so a blocked name is blocked for every type.
         special,
         # 5. The cache answers what it has, keeps what the upstreams return, and
         #    serves stale data when they fail (RFC 8767).

@@ -2,10 +2,16 @@
 
 Clients repeat the same packet (same flags, name case, type and EDNS options)
 again and again. Keyed by the packet without its ID, a remembered answer is
-served with a dict lookup and one join, before the question is even read; this
+served with two dict lookups and one join, before the question is even read; this
 is what makes a cache hit or a block cost about as much CPU as in dnsmasq. Only
 answers the resolver chain marked reusable (`Answer.reuse_until`) are
 remembered, and the memo is emptied whenever the policy or the cache changes.
+
+Two clients sending the same packet may deserve different answers (a 9-year-old and
+a parent), so there is one memo per *profile tag*: `tags` maps a client address to
+its tag, a ``(profile id, TTL cap or None)`` pair the Policy step fills when it
+first decides for that client. A client without a tag is always asked through the
+chain. `get_for(client)` gives the bound `get` of that client's memo in one lookup.
 """
 
 from __future__ import annotations
@@ -16,48 +22,86 @@ from ..model import Answer, AnswerKind
 from .release import release_gradually
 from .wire import Query
 
-MEMO_LIMIT = 50_000  # packets (about 250 bytes each); the oldest goes first
+MEMO_LIMIT = 50_000  # packets (about 250 bytes each) in all memos together; the oldest goes first
+MAX_CLIENTS = 65_536  # client addresses mapped to a memo; a flood of sources must not grow memory
 
 
 class ReplayMemo:
-    def __init__(self, limit: int = MEMO_LIMIT):
+    def __init__(self, tags: dict | None = None, limit: int = MEMO_LIMIT):
         self.limit = limit
+        self.tags: dict = {} if tags is None else tags  # client address -> (profile id, ttl cap)
+        self.until = float("inf")  # monotonic: the policy's next change; no reuse past it
         # OrderedDict: dropping the oldest is O(1); a plain dict's next(iter()) slows
         # down to ~12 µs once many entries have been deleted from its front.
-        self._memo: OrderedDict[bytes, tuple] = OrderedDict()
-        # (reuse_until, answer without its ID, kind, reason, cache entry or None, question end) or None
-        self.get = self._memo.get
+        # tag -> {packet[2:]: (reuse_until, answer without its ID, kind, reason,
+        #                      cache entry or None, question end, ttl cap)}
+        self._memos: dict[tuple, OrderedDict[bytes, tuple]] = {}
+        self._gets: dict[str, object] = {}  # client address -> its memo's bound get
+        self.get_for = self._gets.get  # cleared in place, so a bound copy stays valid
+        self._size = 0
 
     def __len__(self) -> int:
-        return len(self._memo)
+        return self._size
+
+    def lookup(self, client: str, key: bytes) -> tuple | None:
+        get = self._gets.get(client)
+        return None if get is None else get(key)
 
     def remember(self, query: Query, answer: Answer) -> None:
         wire = answer.wire
         # Only answers that fit the asker's UDP buffer, so a replay never needs truncating.
         if wire is None or len(wire) > query.udp_size:
             return
-        memo = self._memo
-        if len(memo) >= self.limit:
-            memo.popitem(last=False)
+        tag = self.tags.get(query.client)
+        if tag is None:
+            return  # answered before the policy knew this client (refused, own names, ...)
+        memo = self._memos.get(tag)
+        if memo is None:
+            memo = self._memos[tag] = OrderedDict()
+        if query.client not in self._gets:
+            if len(self._gets) >= MAX_CLIENTS:
+                self._gets.clear()
+            self._gets[query.client] = memo.get
+        key = query.data[2:]
+        if key not in memo:
+            if self._size >= self.limit:
+                self._evict(memo)
+            self._size += 1
         kind, reason = answer.kind, answer.reason
         if kind is AnswerKind.FORWARDED:
             kind, reason = AnswerKind.CACHED, "cache"  # what a repeat of it is
-        memo[query.data[2:]] = (answer.reuse_until, wire[2:], kind, reason, answer.entry, query.question_end)
+        until = answer.reuse_until if answer.reuse_until < self.until else self.until
+        memo[key] = (until, wire[2:], kind, reason, answer.entry, query.question_end, tag[1])
 
-    def refresh(self, key: bytes, hit: tuple, data: bytes, now: float) -> tuple | None:
+    def _evict(self, memo: OrderedDict) -> None:
+        victim = memo if memo else max(self._memos.values(), key=len)
+        if victim:
+            victim.popitem(last=False)
+            self._size -= 1
+
+    def refresh(self, client: str, key: bytes, hit: tuple, data: bytes, now: float) -> tuple | None:
         """A remembered cache answer whose TTLs have ticked: count them down from its
         cache entry while that is fresh (the chain's decision for this packet still
-        holds: the memo is emptied when the policy changes). None: ask the chain."""
+        holds until the policy's next change, when the memo is emptied). None: ask the chain."""
         entry = hit[4]
-        if entry is None or entry.expires <= now:
+        if entry is None or entry.expires <= now or now >= self.until:
             return None
-        wire = entry.serve_packet(data, hit[5], data[2] << 8 | data[3], now)
-        fresh = (entry.same_until(), wire[2:], hit[2], hit[3], entry, hit[5])
-        self._memo[key] = fresh
+        memo = self._memos.get(self.tags.get(client))
+        if memo is None or key not in memo:
+            return None
+        cap = hit[6]
+        wire = entry.serve_packet(data, hit[5], data[2] << 8 | data[3], now, cap=cap)
+        fresh = (min(entry.same_until(), self.until), wire[2:], hit[2], hit[3], entry, hit[5], cap)
+        memo[key] = fresh
         return fresh
 
-    def clear(self) -> None:
-        old = self._memo
-        self._memo = OrderedDict()
-        self.get = self._memo.get
-        release_gradually(old)
+    def clear(self, until: float | None = None) -> None:
+        """Forget every answer (the policy, the lists or the time changed); `until`: the next change."""
+        if until is not None:
+            self.until = until
+        old = self._memos
+        self._memos = {}
+        self._gets.clear()
+        self._size = 0
+        for memo in old.values():
+            release_gradually(memo)

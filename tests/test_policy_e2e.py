@@ -1,0 +1,320 @@
+"""Age policies end to end: a real SafeNest, a policy in DATA/safenest.db, clients on 127.0.0.2-4.
+
+127.0.0.2 is Lan (9 years old, band 00+), 127.0.0.3 is Minh (14, band 12+, who may use social
+networks), 127.0.0.4 is unknown (the default 12+ profile). Each asks over real UDP and TCP
+from its own source address; the upstream is a local fake.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import dns.edns
+import dns.flags
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import pytest
+
+from agent.policy.model import Device, Override, Policy, Profile, Rule, Schedule
+from agent.storage.policy_store import open_policy_store
+from tests.dnsfakes import RunningSafeNest
+
+KID, TEEN, UNKNOWN = "127.0.0.2", "127.0.0.3", "127.0.0.4"
+ZONE = ZoneInfo("Asia/Ho_Chi_Minh")
+GOOGLE_SAFE = ("216.239.38.120", "2001:4860:4802:32::78")
+YT_STRICT, YT_MODERATE = "216.239.38.119", "216.239.38.121"
+
+
+def family(**changes) -> Policy:
+    year = datetime.now(ZONE).year
+    lan = Profile("lan", "Lan", birth=(year - 9, 1))
+    minh = Profile("minh", "Minh", birth=(year - 14, 1), categories={"social_networks": "allow"})
+    values = dict(
+        profiles=(Profile("default", "Default", band="12+"), lan, minh),
+        devices=(
+            Device("lan-phone", "Lan's phone", "ip", KID, "lan"),
+            Device("minh-phone", "Minh's phone", "ip", TEEN, "minh"),
+        ),
+    )
+    values.update(changes)
+    return Policy(**values)
+
+
+@pytest.fixture
+def lists(tmp_path):
+    folder = tmp_path / "lists"
+    folder.mkdir()
+    (folder / "gambling.txt").write_text("casino.test\n")
+    (folder / "messaging.txt").write_text("chat.test\n")  # 12+
+    (folder / "social_networks.txt").write_text("social.test\n")  # 16+
+    return folder
+
+
+@pytest.fixture
+def upstream(fake_upstream):
+    up = fake_upstream()
+    for name in ("chat.test", "social.test", "www.example.test", "casino.test"):
+        up.answer(name, "A", "192.0.2.10", ttl=3600)
+    up.answer("forcesafesearch.google.com", "A", GOOGLE_SAFE[0], ttl=3600)
+    up.answer("forcesafesearch.google.com", "AAAA", GOOGLE_SAFE[1], ttl=3600)
+    up.answer("forcesafesearch.google.com", "HTTPS", "1 . alpn=h2,h3", ttl=3600)
+    up.answer("restrict.youtube.com", "A", YT_STRICT)
+    up.answer("restrictmoderate.youtube.com", "A", YT_MODERATE)
+    return up
+
+
+@pytest.fixture
+def start(tmp_path, upstream, lists):
+    """start(policy) -> a running SafeNest whose database held `policy` before it started."""
+    running = []
+
+    def make(policy: Policy | None = None, **overrides) -> RunningSafeNest:
+        data = tmp_path / f"var{len(running)}"
+        store = open_policy_store(data)
+        store.replace(policy or family())
+        store.database.close()
+        settings = {
+            "dns": ["127.0.0.1:0"],
+            "upstream": [upstream.address],
+            "blocklists_dir": str(lists),
+        }
+        server = RunningSafeNest(data, {**settings, **overrides})
+        running.append(server)
+        return server
+
+    yield make
+    for server in running:
+        server.stop()
+
+
+def ask(server, name, rdtype="A", *, client=UNKNOWN, tcp=False, **kw) -> dns.message.Message:
+    query = dns.message.make_query(name, rdtype, use_edns=0, **kw)
+    send = dns.query.tcp if tcp else dns.query.udp
+    return send(query, server.host, port=server.port, source=client, timeout=5)
+
+
+def ede(message) -> str | None:
+    texts = [o.text for o in message.options if o.otype == dns.edns.EDE]
+    return texts[0] if texts else None
+
+
+def addresses(message) -> list[str]:
+    return sorted(r.to_text() for rrset in message.answer if rrset.rdtype in (1, 28) for r in rrset)
+
+
+def store_of(server):
+    return open_policy_store(server.agent.settings.data)
+
+
+def wait_for(check, seconds=10.0):
+    """Poll `check` until it gives a true value (queries are cheap; the policy watcher polls
+    the database every half second)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.05)
+
+
+# ---------------------------------------------------------------- who asks decides
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
+def test_the_same_names_get_different_answers_per_profile(start, tcp):
+    server = start()
+    # messaging is 12+: blocked for the 9-year-old, allowed for the 14-year-old and the default.
+    kid = ask(server, "chat.test", client=KID, tcp=tcp)
+    assert addresses(kid) == ["0.0.0.0"] and ede(kid) == "category=messaging min_age=12+"
+    assert addresses(ask(server, "chat.test", client=TEEN, tcp=tcp)) == ["192.0.2.10"]
+    assert addresses(ask(server, "chat.test", client=UNKNOWN, tcp=tcp)) == ["192.0.2.10"]
+    # social networks are 16+, but Minh's parent allows them for him.
+    assert (
+        ede(ask(server, "social.test", client=KID, tcp=tcp))
+        == "category=social_networks min_age=16+"
+    )
+    assert addresses(ask(server, "social.test", client=TEEN, tcp=tcp)) == ["192.0.2.10"]
+    assert (
+        ede(ask(server, "social.test", client=UNKNOWN, tcp=tcp))
+        == "category=social_networks min_age=16+"
+    )
+    # And gambling (18+) for all three.
+    for client in (KID, TEEN, UNKNOWN):
+        assert (
+            ede(ask(server, "www.casino.test", client=client, tcp=tcp))
+            == "category=gambling min_age=18+"
+        )
+
+
+def test_the_same_packet_from_two_clients_is_not_replayed_across_profiles(start):
+    server = start()
+    query = dns.message.make_query("chat.test", "A", use_edns=0)
+    for _ in range(3):  # identical packets, alternating clients: each gets its own profile's answer
+        kid = dns.query.udp(query, server.host, port=server.port, source=KID, timeout=5)
+        teen = dns.query.udp(query, server.host, port=server.port, source=TEEN, timeout=5)
+        assert addresses(kid) == ["0.0.0.0"]
+        assert addresses(teen) == ["192.0.2.10"]
+    assert server.agent.server.answers["cached"] >= 2  # the teen's repeats came from the memo
+
+
+# ---------------------------------------------------------------- SafeSearch
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
+def test_google_is_answered_with_a_cname_to_forcesafesearch(start, upstream, tcp):
+    server = start()
+    for rdtype, expected in (("A", GOOGLE_SAFE[0]), ("AAAA", GOOGLE_SAFE[1])):
+        answer = ask(server, "WWW.Google.Com.VN", rdtype, client=KID, tcp=tcp)
+        assert answer.rcode() == dns.rcode.NOERROR
+        cname, target = answer.answer[0], answer.answer[1]
+        assert cname.rdtype == dns.rdatatype.CNAME
+        assert cname.name.to_text() == "WWW.Google.Com.VN."  # the question's case comes back
+        assert cname[0].target.to_text() == "forcesafesearch.google.com."
+        assert target.name.to_text() == "forcesafesearch.google.com."
+        assert [r.to_text() for r in target] == [expected]
+        assert ede(answer) == "safesearch=google"
+    https = ask(server, "www.google.com", "HTTPS", client=TEEN, tcp=tcp)
+    assert [r.rdtype for r in https.answer] == [dns.rdatatype.CNAME, dns.rdatatype.HTTPS]
+    assert "alpn" in https.answer[1][0].to_text()
+    # Another type is not rewritten: it is forwarded as asked.
+    assert ask(server, "www.google.com", "TXT", client=KID, tcp=tcp).answer == []
+    assert upstream.count("www.google.com.vn") == 0
+
+
+def test_youtube_is_strict_for_the_child_and_moderate_for_the_teen(start):
+    server = start()
+    kid = ask(server, "www.youtube.com", client=KID)
+    teen = ask(server, "www.youtube.com", client=TEEN)
+    assert kid.answer[0][0].target.to_text() == "restrict.youtube.com." and addresses(kid) == [
+        YT_STRICT
+    ]
+    assert teen.answer[0][0].target.to_text() == "restrictmoderate.youtube.com."
+    assert addresses(teen) == [YT_MODERATE]
+
+
+def test_a_safesearch_target_that_cannot_be_resolved_is_servfail_never_nxdomain(start, upstream):
+    server = start(upstream_timeout=0.3, query_timeout=0.8)
+    upstream.silent = True
+    answer = ask(server, "www.bing.com", client=KID)
+    assert answer.rcode() == dns.rcode.SERVFAIL
+
+
+# ---------------------------------------------------------------- bypass canaries
+
+
+@pytest.mark.parametrize("client", [KID, TEEN, UNKNOWN])
+def test_the_bypass_canaries(start, upstream, client):
+    server = start()
+    for name, reason in (
+        ("use-application-dns.net", "bypass=doh-canary"),
+        ("mask.icloud.com", "bypass=private-relay"),
+        ("mask-h2.icloud.com", "bypass=private-relay"),
+    ):
+        answer = ask(server, name, "A", client=client)
+        assert answer.rcode() == dns.rcode.NXDOMAIN and ede(answer) == reason
+    nodata = ask(server, "x.resolver.arpa", "SVCB", client=client)
+    assert nodata.rcode() == dns.rcode.NOERROR and not nodata.answer
+    assert ede(nodata) == "bypass=resolver-discovery"
+    assert len(upstream.queries) == 0  # none of them leaves the Pi
+
+
+# ---------------------------------------------------------------- changes while running
+
+
+def test_a_policy_change_takes_effect_while_running(start):
+    server = start()
+    assert addresses(ask(server, "chat.test", client=TEEN)) == ["192.0.2.10"]
+    # The same packet again and again: the replay memo must not keep the old answer.
+    query = dns.message.make_query("chat.test", "A", use_edns=0)
+    store_of(server).add_rule(Rule("chat.test", "block", profile="minh"))
+
+    def blocked() -> bool:
+        answer = dns.query.udp(query, server.host, port=server.port, source=TEEN, timeout=5)
+        return ede(answer) == "rule=block:chat.test"
+
+    assert wait_for(blocked)
+    assert addresses(ask(server, "chat.test", client=UNKNOWN)) == ["192.0.2.10"]  # only Minh's rule
+
+
+def test_a_pause_starts_on_time_without_any_write(start):
+    server = start()
+    starts = datetime.now(UTC) + timedelta(seconds=3)
+    pause = Override("homework", "minh", "pause", starts, starts + timedelta(hours=1))
+    store = store_of(server)
+    store.add_override(pause)
+    revision = store.revision()
+    assert wait_for(
+        lambda: server.call(lambda: bool(server.agent.policy.snapshot.policy.overrides))
+    )
+    query = dns.message.make_query("www.example.test", "A", use_edns=0)
+    first = dns.query.udp(query, server.host, port=server.port, source=TEEN, timeout=5)
+    assert datetime.now(UTC) < starts, "the machine is too slow for this test"
+    assert addresses(first) == ["192.0.2.10"]
+
+    def paused() -> bool:
+        answer = dns.query.udp(query, server.host, port=server.port, source=TEEN, timeout=5)
+        return ede(answer) == "override=pause:homework"
+
+    assert wait_for(paused)
+    assert datetime.now(UTC) >= starts
+    assert store.revision() == revision  # nothing was written: the clock did it
+    assert addresses(ask(server, "www.example.test", client=KID)) == ["192.0.2.10"]
+
+
+@pytest.mark.timeout(120)
+def test_a_schedule_window_starts_while_the_server_runs(start):
+    now = datetime.now(ZONE)
+    begin = (now + timedelta(minutes=1)).replace(second=0, microsecond=0)
+    if (begin - now).total_seconds() < 3:
+        begin += timedelta(minutes=1)  # too close: the policy must be in force first
+    bedtime = Schedule(
+        "bedtime",
+        "lan",
+        "Bedtime",
+        frozenset(range(7)),
+        begin.strftime("%H:%M"),
+        (begin + timedelta(hours=1)).strftime("%H:%M"),
+        "internet_off",
+    )
+    server = start(family(schedules=(bedtime,)))
+    query = dns.message.make_query("www.example.test", "A", use_edns=0)
+    before = dns.query.udp(query, server.host, port=server.port, source=KID, timeout=5)
+    assert datetime.now(ZONE) < begin
+    assert addresses(before) == ["192.0.2.10"]
+
+    def bedtime_started() -> bool:
+        answer = dns.query.udp(query, server.host, port=server.port, source=KID, timeout=5)
+        return ede(answer) == "schedule=bedtime"
+
+    assert wait_for(bedtime_started, seconds=90)
+    assert datetime.now(ZONE) >= begin
+    assert addresses(ask(server, "www.example.test", client=TEEN)) == ["192.0.2.10"]  # only Lan's
+
+
+def test_ttls_are_capped_for_a_profile_with_a_schedule(start):
+    later = Schedule(
+        "school",
+        "lan",
+        "School",
+        frozenset({0}),
+        "03:00",
+        "04:00",
+        "block",
+        frozenset({"online_games"}),
+    )
+    server = start(family(schedules=(later,)))
+    for tcp in (False, True):  # forwarded first, then from the cache
+        kid = ask(server, "www.example.test", client=KID, tcp=tcp)
+        assert addresses(kid) == ["192.0.2.10"] and kid.answer[0].ttl <= 300
+    teen = ask(server, "www.example.test", client=TEEN)
+    assert teen.answer[0].ttl > 3000  # no schedule: the upstream's TTL
+    query = dns.message.make_query("www.example.test", "A", use_edns=0)
+    for _ in range(3):  # replayed answers stay capped too
+        again = dns.query.udp(query, server.host, port=server.port, source=KID, timeout=5)
+        assert again.answer[0].ttl <= 300
+    rewrite = ask(server, "www.google.com", client=KID)
+    assert all(rrset.ttl <= 300 for rrset in rewrite.answer)
