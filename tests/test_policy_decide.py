@@ -3,6 +3,7 @@ next_change and ttl_cap, over a real DomainIndex compiled from list files."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -56,56 +57,31 @@ def hm(h: int, m: int = 0, day: int = 28) -> datetime:
 
 # -- categories by band ----------------------------------------------------------------------
 
+ALL = ("lan", "minh", "linh", "dad", "default")
+ADULT = "category=adult min_age=18+"
+GAMES12 = "category=online_games min_age=12+"
+GAMES18 = "category=online_games min_age=18+"
+SEXED = "allowlist=sex_education"
+
+# fmt: off
 CATEGORY_TABLE = [
     # name, {profile id: expected reason}
-    ("evil.example", {p: "always=malware" for p in ("lan", "minh", "linh", "dad", "default")}),
-    (
-        "x.adultsite.example",
-        {
-            "lan": "category=adult min_age=18+",
-            "minh": "category=adult min_age=18+",
-            "linh": "category=adult min_age=18+",
-            "dad": "default",
-        },
-    ),
-    # sex_education (12+) allow list beats adult from 12 on, never for a 9-year-old
-    (
-        "health.adultsite.example",
-        {
-            "lan": "category=adult min_age=18+",
-            "minh": "allowlist=sex_education",
-            "linh": "allowlist=sex_education",
-            "dad": "allowlist=sex_education",
-        },
-    ),
-    (
-        "game.example",
-        {"lan": "category=online_games min_age=12+", "minh": "default", "dad": "default"},
-    ),
+    ("evil.example", dict.fromkeys(ALL, "always=malware")),
+    ("x.adultsite.example", {"lan": ADULT, "minh": ADULT, "linh": ADULT, "dad": "default"}),
+    # the sex_education (12+) allow list beats adult from 12 on, never for a 9-year-old
+    ("health.adultsite.example", {"lan": ADULT, "minh": SEXED, "linh": SEXED, "dad": SEXED}),
+    ("game.example", {"lan": GAMES12, "minh": "default", "dad": "default"}),
     # a list with its own age: online_games@18+
-    (
-        "battle.example",
-        {
-            "lan": "category=online_games min_age=18+",
-            "minh": "category=online_games min_age=18+",
-            "linh": "category=online_games min_age=18+",
-            "dad": "default",
-        },
-    ),
-    # the most specific suffix is online_games (12+), a parent is social_networks (16+)
-    (
-        "play.social.example",
-        {
-            "lan": "category=online_games min_age=12+",
-            "minh": "category=social_networks min_age=16+",
-            "linh": "default",
-        },
-    ),
+    ("battle.example", {"lan": GAMES18, "minh": GAMES18, "linh": GAMES18, "dad": "default"}),
+    # the most specific suffix is online_games (12+), a parent domain is social_networks (16+)
+    ("play.social.example", {"lan": GAMES12, "minh": "category=social_networks min_age=16+",
+                             "linh": "default"}),
     ("video.example", {"lan": "default", "minh": "default"}),  # 00+: never blocked by age
     ("ads.example", {"lan": "default", "dad": "default"}),  # off: never blocked by age
     ("mystery.example", {"lan": "category=mystery min_age=18+", "dad": "default"}),  # unknown: 18+
     ("example.org", {"lan": "default", "dad": "default"}),
 ]
+# fmt: on
 
 
 @pytest.mark.parametrize(
@@ -116,9 +92,8 @@ def test_categories_by_band(snap, name, profile, reason):
     s = snap()
     d = decide(s, name, s.policy.profile(profile))
     assert d.reason == reason
-    assert d.action == (
-        "allow" if reason in ("default",) or reason.startswith("allowlist") else "block"
-    )
+    allowed = reason == "default" or reason.startswith("allowlist")
+    assert d.action == ("allow" if allowed else "block")
     assert d.profile == profile
 
 
@@ -132,33 +107,23 @@ def test_category_block_names_its_list_and_age(snap):
     assert "test/online_games@18+.block.txt" in text
 
 
+# fmt: off
 @pytest.mark.parametrize(
     ("choices", "name", "profile", "reason"),
     [
-        (
-            {"video_streaming": "block"},
-            "video.example",
-            MINH,
-            "category=video_streaming choice=block",
-        ),
+        ({"video_streaming": "block"}, "video.example", MINH, "category=video_streaming choice=block"),
         ({"ads_trackers": "block"}, "ads.example", MINH, "category=ads_trackers choice=block"),
         ({"online_games": "allow"}, "game.example", LAN, "default"),
         ({"online_games": "allow"}, "battle.example", LAN, "default"),  # the id covers id@band
         ({"adult": "allow"}, "adultsite.example", MINH, "default"),
         ({"malware": "allow"}, "evil.example", MINH, "always=malware"),  # never loosened
-        ({"sex_education": "allow"}, "health.adultsite.example", LAN, "allowlist=sex_education"),
-        (
-            {"sex_education": "block"},
-            "health.adultsite.example",
-            MINH,
-            "category=adult min_age=18+",
-        ),
+        ({"sex_education": "allow"}, "health.adultsite.example", LAN, SEXED),
+        ({"sex_education": "block"}, "health.adultsite.example", MINH, ADULT),
     ],
 )
+# fmt: on
 def test_parent_choices_per_profile(snap, choices, name, profile, reason):
-    changed = Profile(
-        profile.id, profile.name, birth=profile.birth, band=profile.band, categories=choices
-    )
+    changed = replace(profile, categories=choices)
     s = snap(profiles=tuple(changed if p.id == profile.id else p for p in FAMILY))
     assert decide(s, name, changed).reason == reason
 
@@ -168,10 +133,8 @@ def test_band_follows_the_birthday(snap):
     # Minh (born May 2012) turns 16 on 2028-05-01 in Vietnam; Lan (March 2017) 12 on 2029-03-01.
     before = datetime(2028, 4, 30, 23, 59, tzinfo=HCM)
     after = datetime(2028, 5, 1, 0, 0, tzinfo=HCM)
-    assert (
-        decide(s, "play.social.example", MINH, before).reason
-        == "category=social_networks min_age=16+"
-    )
+    social16 = "category=social_networks min_age=16+"
+    assert decide(s, "play.social.example", MINH, before).reason == social16
     assert decide(s, "play.social.example", MINH, after).reason == "default"
     assert decide(s, "game.example", LAN, datetime(2029, 2, 28, 23, 59, tzinfo=HCM)).blocked
     assert not decide(s, "game.example", LAN, datetime(2029, 3, 1, tzinfo=HCM)).blocked
@@ -180,531 +143,90 @@ def test_band_follows_the_birthday(snap):
 
 # -- precedence: every pair ------------------------------------------------------------------
 
-REWARD_ALL_DAY = dict(starts=hm(0), until=hm(23, 59))
 PAUSE_NOW = Override("stop", "lan", "pause", hm(9), hm(11), note="dinner")
 BEDTIME = Schedule("bed", "lan", "Bedtime", EVERY_DAY, "09:00", "11:00", "internet_off")
 
 
-def reward(oid="r1", **what):
-    return Override(oid, "lan", "reward", **REWARD_ALL_DAY, **what)
+def reward(**what) -> dict:
+    """Lan gets a reward all Saturday."""
+    return {"overrides": (Override("r1", "lan", "reward", hm(0), hm(23, 59), **what),)}
 
 
+def lan(**settings) -> dict:
+    """Lan's profile with other settings."""
+    return {"profiles": tuple(replace(LAN, **settings) if p is LAN else p for p in FAMILY)}
+
+
+def rules(*items: tuple) -> dict:
+    return {"rules": tuple(Rule(*item) for item in items)}
+
+
+def homework(**what) -> dict:
+    hw = Schedule("hw", "lan", "Homework", EVERY_DAY, "09:00", "11:00", "block", **what)
+    return {"schedules": (hw,)}
+
+
+def case(cid, changes, name, action, reason, answer="", qtype=A):
+    return pytest.param(changes, name, qtype, action, reason, answer, id=cid)
+
+
+BED = {"schedules": (BEDTIME,)}
+GAMES = frozenset({"online_games"})
+
+# fmt: off
 PRECEDENCE = [
-    # (id, policy changes, name, qtype, action, reason, answer)
     # always beats everything below it
-    ("always>bypass", {}, "proxy.evil.example", A, "block", "always=malware", ""),
-    (
-        "always>reward",
-        {"overrides": (reward(domains=frozenset({"evil.example"})),)},
-        "evil.example",
-        A,
-        "block",
-        "always=malware",
-        "",
-    ),
-    (
-        "always>reward-category",
-        {"overrides": (reward(categories=frozenset({"online_games"})),)},
-        "bad.play.game.example",
-        A,
-        "block",
-        "always=malware",
-        "",
-    ),
-    (
-        "always>rule",
-        {"rules": (Rule("evil.example", "allow", "lan"),)},
-        "evil.example",
-        A,
-        "block",
-        "always=malware",
-        "",
-    ),
-    (
-        "always>everyone-rule",
-        {"rules": (Rule("evil.example", "allow"),)},
-        "evil.example",
-        A,
-        "block",
-        "always=malware",
-        "",
-    ),
+    case("always>bypass", {}, "proxy.evil.example", "block", "always=malware"),
+    case("always>reward", reward(domains=frozenset({"evil.example"})), "evil.example", "block", "always=malware"),
+    case("always>reward-category", reward(categories=GAMES), "bad.play.game.example", "block", "always=malware"),
+    case("always>rule", rules(("evil.example", "allow", "lan")), "evil.example", "block", "always=malware"),
+    case("always>everyone-rule", rules(("evil.example", "allow")), "evil.example", "block", "always=malware"),
     # bypass defaults beat overrides, rules and the rest
-    (
-        "bypass>pause",
-        {"overrides": (PAUSE_NOW,)},
-        "use-application-dns.net",
-        A,
-        "block",
-        "bypass=doh-canary",
-        "nxdomain",
-    ),
-    (
-        "bypass>reward",
-        {"overrides": (reward(domains=frozenset({"vpn.example"})),)},
-        "vpn.example",
-        A,
-        "block",
-        "bypass=filter_bypass",
-        "",
-    ),
-    (
-        "bypass>rule",
-        {"rules": (Rule("mask.icloud.com", "allow", "lan"),)},
-        "mask.icloud.com",
-        A,
-        "block",
-        "bypass=private-relay",
-        "nxdomain",
-    ),
-    (
-        "bypass>category-allow",
-        {"rules": (Rule("resolver.arpa", "allow"),)},
-        "_dns.resolver.arpa",
-        A,
-        "block",
-        "bypass=resolver-discovery",
-        "nodata",
-    ),
+    case("bypass>pause", {"overrides": (PAUSE_NOW,)}, "use-application-dns.net", "block", "bypass=doh-canary", "nxdomain"),
+    case("bypass>reward", reward(domains=frozenset({"vpn.example"})), "vpn.example", "block", "bypass=filter_bypass"),
+    case("bypass>rule", rules(("mask.icloud.com", "allow", "lan")), "mask.icloud.com", "block", "bypass=private-relay", "nxdomain"),
+    case("bypass>everyone-rule", rules(("resolver.arpa", "allow")), "_dns.resolver.arpa", "block", "bypass=resolver-discovery", "nodata"),
     # overrides beat rules, schedules, services, categories
-    (
-        "pause>rule",
-        {"overrides": (PAUSE_NOW,), "rules": (Rule("example.org", "allow", "lan"),)},
-        "example.org",
-        A,
-        "block",
-        "override=pause:stop",
-        "",
-    ),
-    (
-        "reward>rule",
-        {
-            "overrides": (reward(domains=frozenset({"casino.example"})),),
-            "rules": (Rule("casino.example", "block", "lan"),),
-        },
-        "casino.example",
-        A,
-        "allow",
-        "override=reward:r1",
-        "",
-    ),
-    (
-        "reward>schedule",
-        {"overrides": (reward(services=frozenset({"youtube"})),), "schedules": (BEDTIME,)},
-        "youtube.com",
-        A,
-        "allow",
-        "override=reward:r1",
-        "",
-    ),
-    (
-        "reward>service",
-        {
-            "overrides": (reward(services=frozenset({"tiktok"})),),
-            "profiles": (
-                LAN.__class__("lan", "Lan", birth=(2017, 3), services=frozenset({"tiktok"})),
-                MINH,
-                LINH,
-                DAD,
-                DEFAULT,
-            ),
-        },
-        "tiktok.com",
-        A,
-        "allow",
-        "override=reward:r1",
-        "",
-    ),
-    (
-        "reward>category",
-        {"overrides": (reward(categories=frozenset({"online_games"})),)},
-        "game.example",
-        A,
-        "allow",
-        "override=reward:r1",
-        "",
-    ),
-    (
-        "reward-not-other-category",
-        {"overrides": (reward(categories=frozenset({"online_games"})),)},
-        "play.social.example",
-        A,
-        "block",
-        "category=online_games min_age=12+",
-        "",
-    ),
+    case("pause>rule", {"overrides": (PAUSE_NOW,), **rules(("example.org", "allow", "lan"))}, "example.org", "block", "override=pause:stop"),
+    case("reward>rule", {**reward(domains=frozenset({"casino.example"})), **rules(("casino.example", "block", "lan"))}, "casino.example", "allow", "override=reward:r1"),
+    case("reward>schedule", {**reward(services=frozenset({"youtube"})), **BED}, "youtube.com", "allow", "override=reward:r1"),
+    case("reward>service", {**reward(services=frozenset({"tiktok"})), **lan(services=frozenset({"tiktok"}))}, "tiktok.com", "allow", "override=reward:r1"),
+    case("reward>category", reward(categories=GAMES), "game.example", "allow", "override=reward:r1"),
+    case("reward-not-other-category", reward(categories=GAMES), "play.social.example", "block", GAMES12),
     # rules beat schedules, services, categories; the profile's beat everyone's
-    (
-        "rule>schedule",
-        {"schedules": (BEDTIME,), "rules": (Rule("wiki.example", "allow", "lan"),)},
-        "en.wiki.example",
-        A,
-        "allow",
-        "rule=allow:wiki.example",
-        "",
-    ),
-    (
-        "everyone-rule>schedule",
-        {"schedules": (BEDTIME,), "rules": (Rule("school.example", "allow"),)},
-        "school.example",
-        A,
-        "allow",
-        "rule=allow:school.example",
-        "",
-    ),
-    (
-        "rule>service",
-        {
-            "profiles": (
-                Profile("lan", "Lan", birth=(2017, 3), services=frozenset({"youtube"})),
-                MINH,
-                LINH,
-                DAD,
-                DEFAULT,
-            ),
-            "rules": (Rule("youtube.com", "allow", "lan"),),
-        },
-        "youtube.com",
-        A,
-        "allow",
-        "rule=allow:youtube.com",
-        "",
-    ),
-    (
-        "rule>category",
-        {"rules": (Rule("game.example", "allow", "lan"),)},
-        "game.example",
-        A,
-        "allow",
-        "rule=allow:game.example",
-        "",
-    ),
-    (
-        "block-rule>nothing",
-        {"rules": (Rule("example.org", "block", "lan"),)},
-        "www.example.org",
-        A,
-        "block",
-        "rule=block:example.org",
-        "",
-    ),
-    (
-        "profile-rule>everyone-rule",
-        {"rules": (Rule("social.example", "block"), Rule("social.example", "allow", "lan"))},
-        "social.example",
-        A,
-        "allow",
-        "rule=allow:social.example",
-        "",
-    ),
-    (
-        "profile-rule-less-specific>everyone",
-        {"rules": (Rule("www.social.example", "allow"), Rule("social.example", "block", "lan"))},
-        "www.social.example",
-        A,
-        "block",
-        "rule=block:social.example",
-        "",
-    ),
-    (
-        "most-specific-rule",
-        {
-            "rules": (
-                Rule("adultsite.example", "block", "lan"),
-                Rule("www.adultsite.example", "allow", "lan"),
-            )
-        },
-        "www.adultsite.example",
-        A,
-        "allow",
-        "rule=allow:www.adultsite.example",
-        "",
-    ),
-    (
-        "equal-specificity-block-wins",
-        {"rules": (Rule("example.org", "allow", "lan"), Rule("example.org", "block", "lan"))},
-        "example.org",
-        A,
-        "block",
-        "rule=block:example.org",
-        "",
-    ),
-    (
-        "equal-specificity-block-wins-2",
-        {"rules": (Rule("example.org", "block"), Rule("example.org", "allow"))},
-        "example.org",
-        A,
-        "block",
-        "rule=block:example.org",
-        "",
-    ),
-    (
-        "everyone-rule>category",
-        {"rules": (Rule("casino.example", "allow"),)},
-        "casino.example",
-        A,
-        "allow",
-        "rule=allow:casino.example",
-        "",
-    ),
-    (
-        "other-profile-rule-ignored",
-        {"rules": (Rule("game.example", "allow", "minh"),)},
-        "game.example",
-        A,
-        "block",
-        "category=online_games min_age=12+",
-        "",
-    ),
+    case("rule>schedule", {**BED, **rules(("wiki.example", "allow", "lan"))}, "en.wiki.example", "allow", "rule=allow:wiki.example"),
+    case("everyone-rule>schedule", {**BED, **rules(("school.example", "allow"))}, "school.example", "allow", "rule=allow:school.example"),
+    case("rule>service", {**lan(services=frozenset({"youtube"})), **rules(("youtube.com", "allow", "lan"))}, "youtube.com", "allow", "rule=allow:youtube.com"),
+    case("rule>category", rules(("game.example", "allow", "lan")), "game.example", "allow", "rule=allow:game.example"),
+    case("everyone-rule>category", rules(("casino.example", "allow")), "casino.example", "allow", "rule=allow:casino.example"),
+    case("block-rule", rules(("example.org", "block", "lan")), "www.example.org", "block", "rule=block:example.org"),
+    case("profile-rule>everyone-rule", rules(("social.example", "block"), ("social.example", "allow", "lan")), "social.example", "allow", "rule=allow:social.example"),
+    case("profile-rule-less-specific>everyone", rules(("www.social.example", "allow"), ("social.example", "block", "lan")), "www.social.example", "block", "rule=block:social.example"),
+    case("most-specific-rule", rules(("adultsite.example", "block", "lan"), ("www.adultsite.example", "allow", "lan")), "www.adultsite.example", "allow", "rule=allow:www.adultsite.example"),
+    case("equal-specificity-block-wins", rules(("example.org", "allow", "lan"), ("example.org", "block", "lan")), "example.org", "block", "rule=block:example.org"),
+    case("equal-specificity-block-wins-2", rules(("example.org", "block"), ("example.org", "allow")), "example.org", "block", "rule=block:example.org"),
+    case("other-profile-rule-ignored", rules(("game.example", "allow", "minh")), "game.example", "block", GAMES12),
     # schedules beat services and categories
-    (
-        "schedule>service",
-        {
-            "schedules": (BEDTIME,),
-            "profiles": (
-                Profile("lan", "Lan", birth=(2017, 3), services=frozenset({"tiktok"})),
-                MINH,
-                LINH,
-                DAD,
-                DEFAULT,
-            ),
-        },
-        "tiktok.com",
-        A,
-        "block",
-        "schedule=bed",
-        "",
-    ),
-    (
-        "schedule>category-allowlist",
-        {"schedules": (BEDTIME,)},
-        "example.org",
-        A,
-        "block",
-        "schedule=bed",
-        "",
-    ),
-    (
-        "bedtime-lets-allow-categories",
-        {
-            "schedules": (BEDTIME,),
-            "profiles": (
-                Profile("lan", "Lan", birth=(2017, 3), categories={"video_streaming": "allow"}),
-                MINH,
-                LINH,
-                DAD,
-                DEFAULT,
-            ),
-        },
-        "video.example",
-        A,
-        "allow",
-        "default",
-        "",
-    ),
-    (
-        "homework-blocks-categories",
-        {
-            "schedules": (
-                Schedule(
-                    "hw",
-                    "lan",
-                    "Homework",
-                    EVERY_DAY,
-                    "09:00",
-                    "11:00",
-                    "block",
-                    categories=frozenset({"video_streaming"}),
-                ),
-            )
-        },
-        "video.example",
-        A,
-        "block",
-        "schedule=hw",
-        "",
-    ),
-    (
-        "homework-blocks-services",
-        {
-            "schedules": (
-                Schedule(
-                    "hw",
-                    "lan",
-                    "Homework",
-                    EVERY_DAY,
-                    "09:00",
-                    "11:00",
-                    "block",
-                    services=frozenset({"roblox"}),
-                ),
-            )
-        },
-        "www.roblox.com",
-        A,
-        "block",
-        "schedule=hw",
-        "",
-    ),
-    (
-        "homework-leaves-the-rest",
-        {
-            "schedules": (
-                Schedule(
-                    "hw",
-                    "lan",
-                    "Homework",
-                    EVERY_DAY,
-                    "09:00",
-                    "11:00",
-                    "block",
-                    services=frozenset({"roblox"}),
-                ),
-            )
-        },
-        "example.org",
-        A,
-        "allow",
-        "default",
-        "",
-    ),
+    case("schedule>service", {**BED, **lan(services=frozenset({"tiktok"}))}, "tiktok.com", "block", "schedule=bed"),
+    case("schedule>default", BED, "example.org", "block", "schedule=bed"),
+    case("bedtime-lets-allow-categories", {**BED, **lan(categories={"video_streaming": "allow"})}, "video.example", "allow", "default"),
+    case("homework-blocks-categories", homework(categories=frozenset({"video_streaming"})), "video.example", "block", "schedule=hw"),
+    case("homework-blocks-services", homework(services=frozenset({"roblox"})), "www.roblox.com", "block", "schedule=hw"),
+    case("homework-leaves-the-rest", homework(services=frozenset({"roblox"})), "example.org", "allow", "default"),
     # services beat categories
-    (
-        "service>category",
-        {
-            "profiles": (
-                Profile("lan", "Lan", birth=(2017, 3), services=frozenset({"tiktok"})),
-                MINH,
-                LINH,
-                DAD,
-                DEFAULT,
-            )
-        },
-        "www.tiktok.com",
-        A,
-        "block",
-        "service=tiktok",
-        "",
-    ),
-    (
-        "service-unlisted-domain",
-        {
-            "profiles": (
-                Profile("lan", "Lan", birth=(2017, 3), services=frozenset({"tiktok"})),
-                MINH,
-                LINH,
-                DAD,
-                DEFAULT,
-            )
-        },
-        "v16.tiktokcdn.com",
-        A,
-        "block",
-        "service=tiktok",
-        "",
-    ),
-    # categories beat allow-list mode; allow lists and "allow" categories pass it
-    (
-        "category>allowlist-mode",
-        {
-            "profiles": (
-                Profile("lan", "Lan", birth=(2017, 3), allowlist_mode=True),
-                MINH,
-                LINH,
-                DAD,
-                DEFAULT,
-            )
-        },
-        "casino.example",
-        A,
-        "block",
-        "category=gambling min_age=18+",
-        "",
-    ),
-    (
-        "allowlist-mode",
-        {
-            "profiles": (
-                Profile("lan", "Lan", birth=(2017, 3), allowlist_mode=True),
-                MINH,
-                LINH,
-                DAD,
-                DEFAULT,
-            )
-        },
-        "example.org",
-        A,
-        "block",
-        "allowlist-mode",
-        "",
-    ),
-    (
-        "allowlist-mode-allow-category",
-        {
-            "profiles": (
-                Profile(
-                    "lan",
-                    "Lan",
-                    birth=(2017, 3),
-                    allowlist_mode=True,
-                    categories={"video_streaming": "allow"},
-                ),
-                MINH,
-                LINH,
-                DAD,
-                DEFAULT,
-            )
-        },
-        "video.example",
-        A,
-        "allow",
-        "category=video_streaming choice=allow",
-        "",
-    ),
-    (
-        "allowlist-mode-rule",
-        {
-            "profiles": (
-                Profile("lan", "Lan", birth=(2017, 3), allowlist_mode=True),
-                MINH,
-                LINH,
-                DAD,
-                DEFAULT,
-            ),
-            "rules": (Rule("school.example", "allow", "lan"),),
-        },
-        "school.example",
-        A,
-        "allow",
-        "rule=allow:school.example",
-        "",
-    ),
-    (
-        "allowlist-mode-safesearch",
-        {
-            "profiles": (
-                Profile("lan", "Lan", birth=(2017, 3), allowlist_mode=True),
-                MINH,
-                LINH,
-                DAD,
-                DEFAULT,
-            ),
-            "rules": (Rule("google.com", "allow", "lan"),),
-        },
-        "www.google.com",
-        A,
-        "rewrite",
-        "safesearch=google",
-        "",
-    ),
+    case("service>category", lan(services=frozenset({"tiktok"})), "www.tiktok.com", "block", "service=tiktok"),
+    case("service-unlisted-domain", lan(services=frozenset({"tiktok"})), "v16.tiktokcdn.com", "block", "service=tiktok"),
+    # categories beat allow-list mode; allow lists, rules and "allow" categories pass it
+    case("category>allowlist-mode", lan(allowlist_mode=True), "casino.example", "block", "category=gambling min_age=18+"),
+    case("allowlist-mode", lan(allowlist_mode=True), "example.org", "block", "allowlist-mode"),
+    case("allowlist-mode-allow-category", lan(allowlist_mode=True, categories={"video_streaming": "allow"}), "video.example", "allow", "category=video_streaming choice=allow"),
+    case("allowlist-mode-rule", {**lan(allowlist_mode=True), **rules(("school.example", "allow", "lan"))}, "school.example", "allow", "rule=allow:school.example"),
+    case("allowlist-mode-safesearch", {**lan(allowlist_mode=True), **rules(("google.com", "allow", "lan"))}, "www.google.com", "rewrite", "safesearch=google"),
 ]
+# fmt: on
 
 
-@pytest.mark.parametrize(
-    ("changes", "name", "qtype", "action", "reason", "answer"),
-    [case[1:] for case in PRECEDENCE],
-    ids=[case[0] for case in PRECEDENCE],
-)
+@pytest.mark.parametrize(("changes", "name", "qtype", "action", "reason", "answer"), PRECEDENCE)
 def test_precedence(snap, changes, name, qtype, action, reason, answer):
     s = snap(**changes)
     assert s.warnings == ()
@@ -750,14 +272,9 @@ def test_pause_blocks_everything_until_it_ends(snap):
 
 
 def test_schedule_in_the_decision(snap):
+    nights = frozenset({6, 0, 1, 2, 3})  # Sunday to Thursday evenings
     bed = Schedule(
-        "school-nights",
-        "minh",
-        "School nights",
-        frozenset({6, 0, 1, 2, 3}),
-        "21:30",
-        "06:30",
-        "internet_off",
+        "school-nights", "minh", "School nights", nights, "21:30", "06:30", "internet_off"
     )
     s = snap(schedules=(bed,))
     sunday_evening = datetime(2026, 11, 29, 21, 30, tzinfo=HCM)
@@ -768,14 +285,14 @@ def test_schedule_in_the_decision(snap):
     assert "School nights" in d.explain()
     assert decide(s, "example.org", MINH, monday_morning).blocked
     assert not decide(s, "example.org", MINH, monday_morning + timedelta(minutes=1)).blocked
-    assert not decide(
-        s, "example.org", MINH, datetime(2026, 12, 5, 1, 0, tzinfo=HCM)
-    ).blocked  # Fri night
+    friday_night = datetime(2026, 12, 5, 1, 0, tzinfo=HCM)
+    assert not decide(s, "example.org", MINH, friday_night).blocked
     assert not decide(s, "example.org", LAN, sunday_evening).blocked
 
 
 # -- SafeSearch ------------------------------------------------------------------------------
 
+# fmt: off
 SAFESEARCH = [
     # profile, host, qtype, expected target ("" = allowed as is)
     (LAN, "www.google.com", A, "forcesafesearch.google.com"),
@@ -791,27 +308,13 @@ SAFESEARCH = [
     (DAD, "www.youtube.com", A, ""),  # 18+: off
     (DAD, "www.google.com", A, ""),
     (MINH, "www.bing.com", A, "strict.bing.com"),
-    (
-        Profile("minh", "Minh", birth=(2012, 5), youtube="strict"),
-        "www.youtube.com",
-        A,
-        "restrict.youtube.com",
-    ),
-    (Profile("minh", "Minh", birth=(2012, 5), youtube="off"), "www.youtube.com", A, ""),
-    (Profile("minh", "Minh", birth=(2012, 5), safesearch="off"), "www.google.com", A, ""),
-    (
-        Profile("dad", "Dad", kind="adult", safesearch="on"),
-        "www.google.com",
-        A,
-        "forcesafesearch.google.com",
-    ),
-    (
-        Profile("dad", "Dad", kind="adult", youtube="moderate"),
-        "www.youtube.com",
-        A,
-        "restrictmoderate.youtube.com",
-    ),
+    (replace(MINH, youtube="strict"), "www.youtube.com", A, "restrict.youtube.com"),
+    (replace(MINH, youtube="off"), "www.youtube.com", A, ""),
+    (replace(MINH, safesearch="off"), "www.google.com", A, ""),
+    (replace(DAD, safesearch="on"), "www.google.com", A, "forcesafesearch.google.com"),
+    (replace(DAD, youtube="moderate"), "www.youtube.com", A, "restrictmoderate.youtube.com"),
 ]
+# fmt: on
 
 
 @pytest.mark.parametrize(("profile", "host", "qtype", "target"), SAFESEARCH)
@@ -827,15 +330,7 @@ def test_safesearch(snap, profile, host, qtype, target):
 
 
 def test_a_blocked_safesearch_host_stays_blocked(snap):
-    s = snap(
-        profiles=(
-            Profile("lan", "Lan", birth=(2017, 3), services=frozenset({"youtube"})),
-            MINH,
-            LINH,
-            DAD,
-            DEFAULT,
-        )
-    )
+    s = snap(**lan(services=frozenset({"youtube"})))
     assert decide(s, "www.youtube.com", s.policy.profile("lan")).reason == "service=youtube"
 
 
@@ -863,24 +358,14 @@ def test_bypass_defaults_for_children(snap, profile, name, action, reason, answe
 
 @pytest.mark.parametrize("name", [c[0] for c in CANARIES])
 def test_no_bypass_defaults_for_adults_or_when_off(snap, name):
-    s = snap(
-        profiles=(
-            Profile("lan", "Lan", birth=(2017, 3), bypass_defaults=False),
-            MINH,
-            LINH,
-            DAD,
-            DEFAULT,
-        )
-    )
+    s = snap(**lan(bypass_defaults=False))
     for profile in (DAD, s.policy.profile("lan")):
         d = decide(s, name, profile)
         assert d.answer == ""
         assert not d.reason.startswith("bypass="), (profile.id, d.reason)
     # Without the defaults, filter_bypass is an ordinary 18+ category for Lan.
-    assert (
-        decide(s, "vpn.example", s.policy.profile("lan")).reason
-        == "category=filter_bypass min_age=18+"
-    )
+    vpn = decide(s, "vpn.example", s.policy.profile("lan"))
+    assert vpn.reason == "category=filter_bypass min_age=18+"
 
 
 # -- devices -----------------------------------------------------------------------------------
@@ -928,21 +413,30 @@ def test_unknown_profile_is_decided_as_the_default(snap):
 def test_policy_mistakes_are_skipped_and_reported(index):
     from agent.policy.model import Policy
 
+    naive = datetime(2026, 11, 28, 9, 0)
+    # fmt: off
     policy = Policy(
-        profiles=(LAN,),
-        devices=(
-            Device("x", "X", "ip", "127.0.0.2", "ghost"),
-            Device("y", "Y", "cidr", "10.0.0.0/99", "lan"),
-        ),
+        profiles=(LAN, Profile("odd", "Odd", birth=(2015, 13)), Profile("odd2", "Odd", band="13+")),
+        devices=(Device("x", "X", "ip", "127.0.0.2", "ghost"), Device("y", "Y", "cidr", "10.0.0.0/99", "lan")),
         rules=(Rule("not a domain!", "block"), Rule("casino.example", "allow", "ghost")),
+        schedules=(Schedule("s", "ghost", "S", EVERY_DAY, "09:00", "10:00", "internet_off"),
+                   Schedule("t", "lan", "T", EVERY_DAY, "9:00", "10:00", "internet_off")),
+        overrides=(Override("o", "lan", "pause", naive, naive + timedelta(hours=1)),
+                   Override("o2", "lan", "pause", hm(11), hm(10))),
         default_profile="missing",
         timezone="Mars/Olympus",
     )
+    # fmt: on
     s = build_snapshot(policy, CRITERIA, index, CATALOGUE)
-    assert len(s.warnings) == 6, s.warnings
+    assert len(s.warnings) == 12, s.warnings
     assert s.profile_for("127.0.0.2").id == "missing"  # the built-in 12+ default
     assert decide(s, "casino.example", s.profile_for("127.0.0.2")).blocked
-    assert decide(s, "game.example", LAN).blocked
+    d = decide(s, "game.example", LAN)
+    assert d.reason == "category=online_games min_age=12+"  # no pause, no schedule
+    assert s.next_change(NOW) == datetime(2029, 3, 1, tzinfo=HCM)  # only Lan's 12th birthday
+    # Bad ages fall back to the strictest band rather than to an adult's.
+    assert decide(s, "game.example", s.policy.profile("odd")).band == "00+"
+    assert decide(s, "game.example", s.policy.profile("odd2")).band == "00+"
 
 
 def test_no_catalogue(index):
@@ -974,10 +468,7 @@ def test_next_change_without_schedules_is_the_next_birthday(snap):
         ({"overrides": (PAUSE_NOW,)}, hm(12), datetime(2028, 5, 1, tzinfo=HCM)),
         ({"overrides": (PAUSE_NOW,), "schedules": (BEDTIME,)}, hm(9, 30), hm(11)),
         (
-            {
-                "overrides": (Override("s", "dad", "pause", hm(9, 45), hm(9, 50)),),
-                "schedules": (BEDTIME,),
-            },
+            {"overrides": (Override("s", "dad", "pause", hm(9, 45), hm(9, 50)),), **BED},
             hm(9, 30),
             hm(9, 45),
         ),
@@ -989,24 +480,11 @@ def test_next_change(snap, changes, now, expected):
 
 def test_decisions_change_exactly_at_next_change(snap):
     """Walk a day: between two next_change instants every decision stays the same."""
-    s = snap(
-        schedules=(
-            BEDTIME,
-            Schedule(
-                "hw",
-                "minh",
-                "Homework",
-                frozenset({SAT}),
-                "14:00",
-                "16:00",
-                "block",
-                categories=frozenset({"online_games"}),
-            ),
-        ),
-        overrides=(
-            Override("g", "lan", "reward", hm(12), hm(13), categories=frozenset({"online_games"})),
-        ),
+    hw = Schedule(
+        "hw", "minh", "Homework", frozenset({SAT}), "14:00", "16:00", "block", categories=GAMES
     )
+    games = Override("g", "lan", "reward", hm(12), hm(13), categories=GAMES)
+    s = snap(schedules=(BEDTIME, hw), overrides=(games,))
     names = ["example.org", "game.example", "play.social.example", "www.youtube.com"]
 
     def all_decisions(t):
@@ -1035,15 +513,8 @@ def test_ttl_cap(snap):
     assert s.ttl_cap("ghost") is None
     from agent.policy.model import Policy
 
-    assert (
-        build_snapshot(
-            Policy(profiles=FAMILY, schedules=(BEDTIME,), schedule_ttl_cap=60),
-            CRITERIA,
-            s.index,
-            CATALOGUE,
-        ).ttl_cap("lan")
-        == 60
-    )
+    short = Policy(profiles=FAMILY, schedules=(BEDTIME,), schedule_ttl_cap=60)
+    assert build_snapshot(short, CRITERIA, s.index, CATALOGUE).ttl_cap("lan") == 60
 
 
 # -- cost: decisions are reused, not rebuilt -----------------------------------------------------

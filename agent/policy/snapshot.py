@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, tzinfo
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -137,7 +137,6 @@ class ProfileState:
 class _Shared:
     """Snapshot-wide tables, referenced from every ProfileState so decide has one hop to them."""
 
-    lookup: Callable[[bytes], Match | None]
     matches: Callable[[bytes], list[Match]]
     suffixes: dict[bytes, SuffixEntry]
     always: dict[str, str]  # index label -> category id, for labels whose min_age is `always`
@@ -344,7 +343,11 @@ def build_snapshot(
             if e is not None and sid not in e.services:
                 e.services += (sid,)
 
-    for o in policy.overrides:
+    overrides = _checked_overrides(policy, known, warnings)
+    for s in policy.schedules:
+        if s.profile not in known:
+            warnings.append(f"schedule {s.id}: unknown profile {s.profile!r}; skipped")
+    for o in overrides:
         if o.kind == "reward":
             for domain in sorted(o.domains):
                 e = entry(domain, f"override {o.id}")
@@ -360,11 +363,12 @@ def build_snapshot(
         if p.id in compiled:
             warnings.append(f"profile {p.id!r} appears twice; the first is used")
             continue
-        compiled[p.id] = _compile_profile(p, policy, zone, label_info, services, engines, warnings)
+        compiled[p.id] = _compile_profile(
+            p, policy, overrides, zone, label_info, services, engines, warnings
+        )
 
     ip, mac, cidr = _devices(policy, known, warnings)
     shared = _Shared(
-        lookup=index.lookup,
         matches=index.matches,
         suffixes=suffixes,
         always=always,
@@ -426,12 +430,14 @@ def _possible_bands(p: Profile, changes: tuple[tuple[datetime, str], ...]) -> tu
 def _compile_profile(
     p: Profile,
     policy: Policy,
+    all_overrides: tuple[Override, ...],
     zone: tzinfo,
     label_info: dict[str, tuple[str, str]],
     services: Mapping[str, _Service],
     engines: Mapping[str, _Engine],
     warnings: list[str],
 ) -> CompiledProfile:
+    p = _checked_profile(p, warnings)
     choices = {c: v for c, v in p.categories.items() if v in ("block", "allow")}
     changes = band_changes(p, zone)
     tables: dict[str, BandTables] = {}
@@ -464,7 +470,7 @@ def _compile_profile(
             warnings.append(f"schedule {s.id}: {exc}; skipped")
     windows.sort(key=lambda w: w.schedule.mode != "internet_off")  # bedtime decides first
     overrides = tuple(
-        sorted((o for o in policy.overrides if o.profile == p.id), key=lambda o: (o.starts, o.id))
+        sorted((o for o in all_overrides if o.profile == p.id), key=lambda o: (o.starts, o.id))
     )
     unknown = sorted(s for s in p.services if s not in services)
     if unknown:
@@ -478,6 +484,40 @@ def _compile_profile(
         services=frozenset(s for s in p.services if s in services),
         allow_categories=frozenset(c for c, v in choices.items() if v == "allow"),
     )
+
+
+def _checked_profile(p: Profile, warnings: list[str]) -> Profile:
+    """The profile, or a safe stand-in for values the policy checks should have refused."""
+    if p.birth is not None:
+        try:
+            year, month = p.birth
+            datetime(int(year), int(month), 1)
+        except (TypeError, ValueError):
+            band = p.band if p.band in BANDS else BANDS[0]
+            warnings.append(f"profile {p.id}: bad birth {p.birth!r}; using band {band}")
+            return replace(p, birth=None, band=band)
+    elif p.band is not None and p.band not in BANDS:
+        warnings.append(f"profile {p.id}: bad band {p.band!r}; using {BANDS[0]}")
+        return replace(p, band=BANDS[0])
+    return p
+
+
+def _checked_overrides(
+    policy: Policy, known: set[str], warnings: list[str]
+) -> tuple[Override, ...]:
+    out = []
+    for o in policy.overrides:
+        if o.profile not in known:
+            warnings.append(f"override {o.id}: unknown profile {o.profile!r}; skipped")
+        elif o.kind not in ("pause", "reward"):
+            warnings.append(f"override {o.id}: unknown kind {o.kind!r}; skipped")
+        elif o.starts.tzinfo is None or o.until.tzinfo is None:
+            warnings.append(f"override {o.id}: times without a time zone; skipped")
+        elif o.until <= o.starts:
+            warnings.append(f"override {o.id}: ends before it starts; skipped")
+        else:
+            out.append(o)
+    return tuple(out)
 
 
 def safesearch_level(p: Profile, engine_id: str, band: str) -> str:
