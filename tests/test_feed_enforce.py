@@ -142,20 +142,20 @@ def safenest_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.Compl
 
 def test_the_sync_job_puts_the_feed_in_force(safenest, feed, lists, upstream, tmp_path):
     server = safenest(**settings_for(feed, lists, upstream))
-    assert blocked_by(server, "www.fb88.test") == "category=gambling"  # bundled, as before
+    assert blocked_by(server, "www.fb88.test") == "category=gambling min_age=18+"  # bundled, as before
     assert blocked_by(server, "feedbet.test") is None  # not synced yet
 
     results = run_sync_job(server)
     assert [(r.result, r.publisher_id, r.version) for r in results] == [("accepted", PUBLISHER, 1)]
 
-    # The feed's 18+ lists are blocked; its 12+ list is not yet (no age profiles). A list with
-    # its own age carries it in its label.
-    assert blocked_by(server, "feedbet.test") == "category=gambling"
-    assert blocked_by(server, "www.game18.test") == "category=online_games@18+"
+    # The default profile is a 12+ child: the feed's 18+ lists are blocked (a list with its own
+    # age too), its 12+ list is not.
+    assert blocked_by(server, "feedbet.test") == "category=gambling min_age=18+"
+    assert blocked_by(server, "www.game18.test") == "category=online_games min_age=18+"
     assert blocked_by(server, "chat12.test") is None
     # The feed's allow list counts too; the bundled block of its parent still holds elsewhere.
     assert blocked_by(server, "learn.fb88.test") is None
-    assert blocked_by(server, "fb88.test") == "category=gambling"
+    assert blocked_by(server, "fb88.test") == "category=gambling min_age=18+"
 
     # `safenest explain` names the feed, its version and the list.
     env = child_env(
@@ -164,25 +164,25 @@ def test_the_sync_job_puts_the_feed_in_force(safenest, feed, lists, upstream, tm
     data = str(server.agent.settings.data)
     out = safenest_cli("explain", "www.feedbet.test", "--data", data, env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("www.feedbet.test: blocked: category gambling")
+    assert out.stdout.startswith("www.feedbet.test: blocked for profile default (12+): category gambling")
     assert f"feed {PUBLISHER} v1 lists/gambling.txt" in out.stdout
     out = safenest_cli("explain", "game18.test", "--data", data, env=env, cwd=tmp_path)
     assert f"feed {PUBLISHER} v1 lists/online_games.18.txt" in out.stdout, out.stdout
     out = safenest_cli("explain", "learn.fb88.test", "--data", data, env=env, cwd=tmp_path)
-    assert "allowed: on the allow list for sex_education" in out.stdout, out.stdout
+    assert "allowed for profile default (12+): it is on the allow list of category sex_education" in out.stdout
     assert f"feed {PUBLISHER} v1 lists/sex_education.allow.txt" in out.stdout
 
     # Nothing new: not modified, no recompile needed, still in force.
     results = run_sync_job(server)
     assert [r.result for r in results] == ["not_modified"]
-    assert blocked_by(server, "feedbet.test") == "category=gambling"
+    assert blocked_by(server, "feedbet.test") == "category=gambling min_age=18+"
 
     # A new version adds a name: in force after the next sync.
     (feed.src / "gambling.txt").write_text("feedbet.test\nnew.test\n")
     feed.publish()
     assert blocked_by(server, "new.test") is None
     assert [(r.result, r.version) for r in run_sync_job(server)] == [("accepted", 2)]
-    assert blocked_by(server, "new.test") == "category=gambling"
+    assert blocked_by(server, "new.test") == "category=gambling min_age=18+"
     out = safenest_cli("explain", "new.test", "--data", data, env=env, cwd=tmp_path)
     assert f"feed {PUBLISHER} v2 lists/gambling.txt" in out.stdout, out.stdout
 
@@ -190,7 +190,7 @@ def test_the_sync_job_puts_the_feed_in_force(safenest, feed, lists, upstream, tm
 def test_a_rejected_feed_leaves_the_previous_one_in_force(safenest, feed, lists, upstream):
     server = safenest(**settings_for(feed, lists, upstream))
     assert [r.result for r in run_sync_job(server)] == ["accepted"]
-    assert blocked_by(server, "feedbet.test") == "category=gambling"
+    assert blocked_by(server, "feedbet.test") == "category=gambling min_age=18+"
 
     # Version 2 drops feedbet.test and is tampered with on the server.
     (feed.src / "gambling.txt").write_text("other.test\n")
@@ -202,7 +202,7 @@ def test_a_rejected_feed_leaves_the_previous_one_in_force(safenest, feed, lists,
     in_force = feeds_in_force(Path(server.agent.settings.data) / "feeds")
     assert [(f.publisher_id, f.version) for f in in_force] == [("safenest-default", 1), (PUBLISHER, 1)]
     # Version 1 still answers; DNS answers throughout.
-    assert blocked_by(server, "feedbet.test") == "category=gambling"
+    assert blocked_by(server, "feedbet.test") == "category=gambling min_age=18+"
     assert blocked_by(server, "ok.test") is None
     # A retry is scheduled (5 minutes later, then 15 and 60).
     retry = server.call(server.agent.feed_sync.scheduler.get_job, SYNC_RETRY_JOB_ID)
@@ -260,7 +260,7 @@ def test_the_sync_job_is_scheduled_when_feeds_are_configured(safenest, feed, lis
 def test_no_scheduler_without_feeds(safenest, lists, upstream):
     server = safenest(upstream=[upstream.address], blocklists_dir=str(lists))
     assert server.agent.feed_sync.scheduler is None
-    assert blocked_by(server, "fb88.test") == "category=gambling"
+    assert blocked_by(server, "fb88.test") == "category=gambling min_age=18+"
 
 
 # ---------------------------------------------------------------- `safenest sync` without --feed
