@@ -103,9 +103,7 @@ def make_lists(directory: Path, n: int, rng: random.Random):
             h.close()
     sources = []
     for i, (lab, kind, _s) in enumerate(CATEGORIES):
-        src = Source(lab.partition("@")[0], kind, directory / f"{i}.txt", f"bench/{lab}.txt")
-        object.__setattr__(src, "category", lab)  # `id@band` labels (see tests/policy_fixtures)
-        sources.append(src)
+        sources.append(Source(lab, kind, directory / f"{i}.txt", f"bench/{lab}.txt"))
     return sources, listed
 
 

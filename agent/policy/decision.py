@@ -249,7 +249,7 @@ def _decide(st: ProfileState, q: bytes, qtype: int) -> Decision:
     if hits is not None and compiled.services:
         sid = _service_of(hits, compiled.services)
         if sid is not None:
-            return t.cached("block", "service=" + sid, detail=sid)
+            return t.cached("block", "service=" + sid, detail=sh.service_names.get(sid, sid))
 
     # 7. categories by band, the parent's choices and the allow lists that apply
     if matches:

@@ -143,6 +143,7 @@ class _Shared:
     category_of: dict[str, str]  # index label -> category id
     canaries: dict[bytes, str]  # exact wire name -> reason (NXDOMAIN)
     filter_bypass: frozenset[str]  # index labels of the filter_bypass category
+    service_names: dict[str, str]  # service id -> its name for people (English)
 
 
 class PolicySnapshot:
@@ -373,6 +374,7 @@ def build_snapshot(
         suffixes=suffixes,
         always=always,
         category_of={lab: cat for lab, (cat, _age) in label_info.items()},
+        service_names={sid: _display_name(svc) for sid, svc in services.items()},
         canaries={to_wire(n): r for n, r in CANARY_NXDOMAIN.items()},
         filter_bypass=frozenset(
             lab for lab, (cat, _a) in label_info.items() if cat == FILTER_BYPASS
@@ -391,6 +393,11 @@ def build_snapshot(
         devices_cidr=cidr,
         warnings=tuple(warnings),
     )
+
+
+def _display_name(service: Any) -> str:
+    names = getattr(service, "names", None)
+    return getattr(names, "en", None) or service.id
 
 
 def _zone(name: str, warnings: list[str]) -> tzinfo:
