@@ -12,11 +12,12 @@ Each list carries a category label in the index: the category id, or ``id@band``
 (``online_games@18+``) for a list whose own ``min_age`` differs from its category's.
 :func:`criteria_in_force` gives every category known and its age.
 
-Until the policy engine is wired in, every client gets the policy of a 17-year-old: the
-:class:`Snapshot` blocks the labels whose effective min_age is ``always`` or ``18+`` (and
-labels of unknown age, such as a top-level file of a category not in the table), so that the
-age-dependent categories (``social_networks``, ``messaging``, ...) are listed but not blocked;
-an allow list beats any block.
+The resolver's policy engine (agent/policy/) decides per profile from these labels and
+:func:`criteria_in_force`. The :class:`Snapshot` returned here, for the callers of
+:func:`agent.policy.decide`, keeps the policy of a 17-year-old: it blocks the labels whose
+effective min_age is ``always`` or ``18+`` (and labels of unknown age, such as a top-level file
+of a category not in the table), so the age-dependent categories (``social_networks``,
+``messaging``, ...) are listed but not blocked; an allow list beats any block.
 """
 
 from __future__ import annotations
