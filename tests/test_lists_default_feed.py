@@ -272,3 +272,27 @@ def test_criteria_in_force_newest_publisher_wins_per_id(lists, tmp_path):
     assert decision(snapshot, "social.test") == (True, "category=social_networks")
     assert decision(snapshot, "answers.test") == (False, "category-not-blocked")
     assert decision(snapshot, "bet.test") == (True, "category=gambling")
+
+
+def test_the_feed_default_command(lists, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from agent.cli import main
+
+    for key in [k for k in os.environ if k.startswith("SAFENEST_")]:
+        monkeypatch.delenv(key)
+    data = tmp_path / "var"
+    monkeypatch.setenv("SAFENEST_BLOCKLISTS_DIR", str(lists))
+    (lists / "school_rules.txt").write_text("x.test\n")
+    run = CliRunner().invoke(main, ["feed", "default", "--data", str(data)])
+    assert run.exit_code == 0, run.output
+    assert run.stdout == f"default feed {PUBLISHER_ID} built version 1 from {lists}: 6 lists, 6 names\n"
+    assert f"not in the feed: {lists / 'school_rules.txt'}" in run.stderr
+    run = CliRunner().invoke(main, ["feed", "default", "--data", str(data)])
+    assert run.stdout.startswith(f"default feed {PUBLISHER_ID} up to date: version 1 ")
+    (lists / "gambling.txt").write_text("changed.test\n")
+    (lists / "categories.json").write_text("[not json")
+    run = CliRunner().invoke(main, ["feed", "default", "--data", str(data)])
+    assert run.exit_code == 1
+    assert run.stderr.startswith(f"Error: cannot build the default feed from {lists}: ")
+    assert run.stderr.rstrip().endswith("version 1 stays in force")

@@ -120,6 +120,32 @@ def verify(dir_or_url, pubkey, allow_insecure) -> None:
     )
 
 
+@feed.command("default")
+@click.option("--config", envvar="SAFENEST_CONFIG", type=click.Path(dir_okay=False), help="TOML settings file (`data`, `blocklists_dir`).")
+@click.option("--data", help="Data folder; the feed is kept in DATA/feeds/safenest-default. Default: the `data` setting (./var).")
+def default_feed(config, data) -> None:
+    """Build the default feed from the bundled lists now, if they changed (as `safenest run` does
+    before it compiles). Exit 1 if the build failed; the last good version then stays in force."""
+    from agent.feed.default import ensure_default_feed
+    from agent.lists import lists_dir
+    from agent.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings(config, overrides={"data": data})
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+    src = lists_dir(settings.blocklists_dir)
+    result = ensure_default_feed(src, settings.data)
+    feed = result.in_force
+    if result.error is not None:
+        kept = f"version {feed.version} stays in force" if feed else "no default feed is in force"
+        raise click.ClickException(f"cannot build the default feed from {src}: {result.error}; {kept}")
+    what = "built" if result.built else "up to date:"
+    click.echo(f"default feed {feed.publisher_id} {what} version {feed.version} from {src}: {_n(len(feed.manifest.lists), 'list')}, {_n(feed.manifest.entries, 'name')}")
+    for path in result.left_out:
+        click.echo(f"not in the feed: {path} (not a list name, or a category not in the table)", err=True)
+
+
 @click.command()
 @click.option("--feed", "url", help="Sync only this feed: its https URL (its folder or its manifest.json). Needs --pubkey.")
 @click.option("--pubkey", type=click.Path(dir_okay=False), help="With --feed: the publisher's pinned KEY.pub.")
