@@ -19,7 +19,7 @@ CRITERIA = {c.id: c for c in DEFAULT_CATEGORIES}
 
 # index label -> (kind, domains). Labels are category ids, or id@band for a list with its own age.
 LISTS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "malware": ("block", ("evil.example", "bad.play.game.example")),
+    "malware": ("block", ("evil.example", "bad.play.game.example", "bad.tiktokcdn.com")),
     "adult": ("block", ("adultsite.example", "tube.example", "sexed.example")),
     "sex_education": ("allow", ("health.adultsite.example", "sexed.example")),
     "gambling": ("block", ("casino.example",)),

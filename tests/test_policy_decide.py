@@ -192,11 +192,17 @@ PRECEDENCE = [
     case("always>reward-category", reward(categories=GAMES), "bad.play.game.example", "block", "always=malware"),
     case("always>rule", rules(("evil.example", "allow", "lan")), "evil.example", "block", "always=malware"),
     case("always>everyone-rule", rules(("evil.example", "allow")), "evil.example", "block", "always=malware"),
+    case("always>schedule", BED, "evil.example", "block", "always=malware"),
+    case("always>service", lan(services=frozenset({"tiktok"})), "x.bad.tiktokcdn.com", "block", "always=malware"),
+    case("always>allowlist-mode", lan(allowlist_mode=True), "evil.example", "block", "always=malware"),
     # bypass defaults beat overrides, rules and the rest
     case("bypass>pause", {"overrides": (PAUSE_NOW,)}, "use-application-dns.net", "block", "bypass=doh-canary", "nxdomain"),
     case("bypass>reward", reward(domains=frozenset({"vpn.example"})), "vpn.example", "block", "bypass=filter_bypass"),
     case("bypass>rule", rules(("mask.icloud.com", "allow", "lan")), "mask.icloud.com", "block", "bypass=private-relay", "nxdomain"),
     case("bypass>everyone-rule", rules(("resolver.arpa", "allow")), "_dns.resolver.arpa", "block", "bypass=resolver-discovery", "nodata"),
+    case("bypass>schedule", BED, "mask-h2.icloud.com", "block", "bypass=private-relay", "nxdomain"),
+    case("bypass>category-choice", lan(categories={"filter_bypass": "allow"}), "vpn.example", "block", "bypass=filter_bypass"),
+    case("bypass>allowlist-mode", lan(allowlist_mode=True), "use-application-dns.net", "block", "bypass=doh-canary", "nxdomain"),
     # overrides beat rules, schedules, services, categories
     case("pause>rule", {"overrides": (PAUSE_NOW,), **rules(("example.org", "allow", "lan"))}, "example.org", "block", "override=pause:stop"),
     case("reward>rule", {**reward(domains=frozenset({"casino.example"})), **rules(("casino.example", "block", "lan"))}, "casino.example", "allow", "override=reward:r1"),
@@ -204,6 +210,9 @@ PRECEDENCE = [
     case("reward>service", {**reward(services=frozenset({"tiktok"})), **lan(services=frozenset({"tiktok"}))}, "tiktok.com", "allow", "override=reward:r1"),
     case("reward>category", reward(categories=GAMES), "game.example", "allow", "override=reward:r1"),
     case("reward-not-other-category", reward(categories=GAMES), "play.social.example", "block", GAMES12),
+    case("reward>allowlist-mode", {**reward(categories=GAMES), **lan(allowlist_mode=True)}, "game.example", "allow", "override=reward:r1"),
+    case("pause>reward", {"overrides": (PAUSE_NOW, *reward(categories=GAMES)["overrides"])}, "game.example", "block", "override=pause:stop"),
+    case("reward-then-safesearch", reward(domains=frozenset({"google.com"})), "www.google.com", "rewrite", "safesearch=google"),
     # rules beat schedules, services, categories; the profile's beat everyone's
     case("rule>schedule", {**BED, **rules(("wiki.example", "allow", "lan"))}, "en.wiki.example", "allow", "rule=allow:wiki.example"),
     case("everyone-rule>schedule", {**BED, **rules(("school.example", "allow"))}, "school.example", "allow", "rule=allow:school.example"),
@@ -220,6 +229,8 @@ PRECEDENCE = [
     # schedules beat services and categories
     case("schedule>service", {**BED, **lan(services=frozenset({"tiktok"}))}, "tiktok.com", "block", "schedule=bed"),
     case("schedule>default", BED, "example.org", "block", "schedule=bed"),
+    case("schedule>category-choice", {**homework(categories=GAMES), **lan(categories={"online_games": "allow"})}, "game.example", "block", "schedule=hw"),
+    case("schedule>allowlist-mode", {**BED, **lan(allowlist_mode=True)}, "example.org", "block", "schedule=bed"),
     case("bedtime-lets-allow-categories", {**BED, **lan(categories={"video_streaming": "allow"})}, "video.example", "allow", "default"),
     case("homework-blocks-categories", homework(categories=frozenset({"video_streaming"})), "video.example", "block", "schedule=hw"),
     case("homework-blocks-services", homework(services=frozenset({"roblox"})), "www.roblox.com", "block", "schedule=hw"),
@@ -227,6 +238,8 @@ PRECEDENCE = [
     # services beat categories
     case("service>category", lan(services=frozenset({"tiktok"})), "www.tiktok.com", "block", "service=tiktok"),
     case("service-unlisted-domain", lan(services=frozenset({"tiktok"})), "v16.tiktokcdn.com", "block", "service=tiktok"),
+    case("service>category-choice", lan(services=frozenset({"roblox"}), categories={"online_games": "allow"}), "roblox.com", "block", "service=roblox"),
+    case("service>allowlist-mode", lan(services=frozenset({"tiktok"}), allowlist_mode=True), "tiktok.com", "block", "service=tiktok"),
     # categories beat allow-list mode; allow lists, rules and "allow" categories pass it
     case("category>allowlist-mode", lan(allowlist_mode=True), "casino.example", "block", "category=gambling min_age=18+"),
     case("allowlist-mode", lan(allowlist_mode=True), "example.org", "block", "allowlist-mode"),
