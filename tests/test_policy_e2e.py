@@ -318,3 +318,34 @@ def test_ttls_are_capped_for_a_profile_with_a_schedule(start):
         assert again.answer[0].ttl <= 300
     rewrite = ask(server, "www.google.com", client=KID)
     assert all(rrset.ttl <= 300 for rrset in rewrite.answer)
+
+
+def test_a_device_known_by_mac_keeps_its_profile_when_its_address_moves(start, tmp_path):
+    from agent.devices import NeighbourTable
+
+    tablet = Device("tablet", "Family tablet", "mac", "a4:83:e7:00:00:07", "lan")
+    server = start(family(devices=(tablet,)))
+    arp = tmp_path / "arp"
+
+    def neighbours(*rows: tuple[str, str]) -> None:
+        header = "IP address       HW type     Flags       HW address            Mask     Device\n"
+        arp.write_text(header + "".join(f"{ip} 0x1 0x2 {mac} * eth0\n" for ip, mac in rows))
+        server.call(table.refresh)
+        server.call(server.agent._neighbours_refreshed)
+
+    table = NeighbourTable(proc_arp=arp, ip_neigh=lambda: None)
+    server.call(setattr, server.agent.policy, "neighbours", table)
+    query = dns.message.make_query("chat.test", "A", use_edns=0)
+
+    def answer_to(client):
+        return addresses(
+            dns.query.udp(query, server.host, port=server.port, source=client, timeout=5)
+        )
+
+    neighbours((TEEN, "a4:83:e7:00:00:07"))
+    assert answer_to(TEEN) == ["0.0.0.0"]  # the tablet is Lan's, whatever its address
+    assert answer_to(KID) == ["192.0.2.10"]  # no device there now: the default profile
+    # DHCP gives the tablet another address, and its old one to someone else.
+    neighbours((KID, "a4:83:e7:00:00:07"), (TEEN, "a4:83:e7:00:00:99"))
+    assert answer_to(KID) == ["0.0.0.0"]
+    assert answer_to(TEEN) == ["192.0.2.10"]

@@ -183,7 +183,11 @@ class Policy(Step):
             self.tags.clear()
         tag = self._tag_of.get(profile.id)
         if tag is None:
-            tag = self._tag_of[profile.id] = (profile.id, self.snapshot.ttl_cap(profile.id))
+            # Overrides that have ended do not cap (the tags are made again at each change).
+            tag = self._tag_of[profile.id] = (
+                profile.id,
+                self.snapshot.ttl_cap(profile.id, self.clock()),
+            )
         self._profiles[client] = profile
         self._macs[address] = mac
         self.tags[client] = tag
