@@ -259,6 +259,22 @@ SETTINGS: tuple[Setting, ...] = (
         "Allow feeds over plain http and from local folders. For tests and local mirrors only: never on a real network.",
         _as_bool,
     ),
+    Setting(
+        "querylog_privacy",
+        "full",
+        "What the query log keeps (a profile's own level wins): 'full'; 'hide_allowed' (only blocks and rewrites); 'counts_only' (hourly counts, no names); 'off'. A stricter level purges what it would not keep.",
+        _one_of("full", "hide_allowed", "counts_only", "off"),
+    ),
+    Setting("querylog_raw_days", 7, "Days the query log keeps each answered query.", _as_positive_int),
+    Setting("querylog_rollup_days", 90, "Days the query log keeps its hourly counts and top names.", _as_positive_int),
+    Setting("querylog_flush_seconds", 10.0, "Most seconds a logged query waits in memory before it is written.", _as_positive_float),
+    Setting("querylog_flush_entries", 1_000, "A write starts as soon as this many logged queries wait.", _as_positive_int),
+    Setting(
+        "querylog_queue_entries",
+        20_000,
+        "Most logged queries waiting in memory; beyond that they are dropped and counted, so DNS never waits for the disk.",
+        _as_positive_int,
+    ),
     Setting("log_level", "info", "Logging level: debug, info, warning or error.", _one_of("debug", "info", "warning", "error")),
 )
 

@@ -1,0 +1,623 @@
+"""The query log's SQL: raw entries, hourly rollups, retention, privacy purges, exports, statistics.
+
+It lives in DATA/querylog.db, apart from the settings database, so that the busiest writer
+never contends with (or risks) the parent's settings. The layout is chosen for an SD card,
+where every byte written wears the card:
+
+- ``queries``: one row per logged answer. Its integer primary key *is* the time:
+  ``id = time in ms << 12 | a sequence number``. The table's own B-tree is then in time order,
+  so reading a time range, the current hour or pruning the oldest rows needs no index at all.
+  Strings are small integers: client, device, profile, category, reason and upstream point
+  into ``terms``, the name into ``names`` (a household asks for a few thousand names a day,
+  each many times). The latency is kept in microseconds (1 to 3 bytes as an integer).
+- ``rollups``: queries per (hour, profile, kind, category), WITHOUT ROWID. The writer adds each
+  batch's counts in the same transaction as its raw rows, so they always include the current
+  hour and agree with the raw log; the statistics never scan the raw log for counts.
+- ``rollup_top``: the top ``TOP_NAMES`` names of each rollup key, computed from the raw rows
+  once an hour is over (``roll_up``). The statistics read these, plus the raw rows of the hours
+  not yet rolled up (the current one).
+- ``privacy``: the privacy level last applied per profile (``*``: the global level), so that a
+  level made stricter while SafeNest was stopped is still purged at the next start.
+- ``meta``: ``rolled_up_until``, the first hour whose top names are not computed yet.
+
+Deletions (retention, privacy purges, a profile's history) run in batches of ``BATCH`` rows,
+each its own transaction, so none holds the write lock for long. Names and terms no longer
+used are deleted afterwards (``forget_unused``): a purged name must not stay in the file.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import NamedTuple
+
+import sqlite_utils
+
+from .db import Database, Migration
+
+TOP_NAMES = 20  # names kept per rollup key and hour
+BATCH = 1_000  # rows per deleting statement
+SEQ_BITS = 12  # ids: time in ms << SEQ_BITS | sequence
+SEQ_MASK = (1 << SEQ_BITS) - 1
+HOUR_MS = 3_600_000
+GLOBAL = "*"  # the privacy table's key for the global level
+
+# Answer kinds as stored (small integers). The values of agent.model.AnswerKind plus
+# "rewritten" (safe search and the like); anything else is stored as 0, "other".
+KINDS: tuple[str, ...] = (
+    "other",
+    "forwarded",
+    "cached",
+    "stale",
+    "blocked",
+    "local",
+    "refused",
+    "rate_limited",
+    "servfail",
+    "malformed",
+    "rewritten",
+)
+KIND_CODE: dict[str, int] = {kind: code for code, kind in enumerate(KINDS)}
+BLOCKED = KIND_CODE["blocked"]
+
+# Privacy levels, from the one that keeps most to the one that keeps nothing.
+PRIVACY_LEVELS: tuple[str, ...] = ("full", "hide_allowed", "counts_only", "off")
+KINDS_KEPT_WHEN_HIDING = frozenset({"blocked", "rewritten"})  # "hide allowed" keeps these
+
+
+class Entry(NamedTuple):
+    """One answered query, as QueryLog.record() queues it."""
+
+    time: float  # Unix seconds
+    client: str
+    device: str  # "" when unknown
+    profile: str  # "" when there are no profiles yet
+    name: str
+    qtype: int
+    kind: str  # an AnswerKind value
+    reason: str
+    upstream: str  # "" when not forwarded
+    latency_ms: float
+
+
+def category_of(reason: str) -> str:
+    """'category=adult min_age=18+' -> 'adult'; '' when the reason names no category."""
+    if not reason.startswith("category="):
+        return ""
+    return reason[9:].split(" ", 1)[0]
+
+
+def hour_of(seconds: float) -> int:
+    return int(seconds // 3600)
+
+
+def _id_bound(seconds: float) -> int:
+    """The smallest id of an entry at `seconds` (ids of earlier entries are smaller)."""
+    return int(seconds * 1000) << SEQ_BITS
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+# -- schema ------------------------------------------------------------------------------
+
+
+def _create_tables(db: sqlite_utils.Database) -> None:
+    db.execute("CREATE TABLE terms (id INTEGER PRIMARY KEY, text TEXT NOT NULL UNIQUE)")
+    db.execute("CREATE TABLE names (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)")
+    # No index besides the primary key: the key is the time (see the module docstring).
+    db.execute(
+        """CREATE TABLE queries (
+            id INTEGER PRIMARY KEY,
+            client INTEGER NOT NULL,
+            device INTEGER,
+            profile INTEGER NOT NULL,
+            name INTEGER,
+            qtype INTEGER NOT NULL,
+            kind INTEGER NOT NULL,
+            category INTEGER,
+            reason INTEGER,
+            upstream INTEGER,
+            latency_us INTEGER NOT NULL
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE rollups (
+            hour INTEGER NOT NULL,
+            profile INTEGER NOT NULL,
+            kind INTEGER NOT NULL,
+            category INTEGER NOT NULL,
+            queries INTEGER NOT NULL,
+            PRIMARY KEY (hour, profile, kind, category)
+        ) WITHOUT ROWID"""
+    )
+    db.execute(
+        """CREATE TABLE rollup_top (
+            hour INTEGER NOT NULL,
+            profile INTEGER NOT NULL,
+            kind INTEGER NOT NULL,
+            category INTEGER NOT NULL,
+            name INTEGER NOT NULL,
+            queries INTEGER NOT NULL,
+            PRIMARY KEY (hour, profile, kind, category, name)
+        ) WITHOUT ROWID"""
+    )
+    db.execute("CREATE TABLE privacy (profile TEXT PRIMARY KEY, level TEXT NOT NULL) WITHOUT ROWID")
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID")
+
+
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, "query log, rollups, privacy", _create_tables),)
+
+
+# -- results ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProfileCounts:
+    profile: str
+    queries: int
+    blocked: int
+
+
+@dataclass(frozen=True)
+class PeriodStats:
+    """What the home page shows for one period (the last 24 hours, the last 7 days)."""
+
+    start_hour: int
+    queries: int = 0
+    blocked: int = 0
+    top_blocked: list[tuple[str, int]] = field(default_factory=list)
+    profiles: list[ProfileCounts] = field(default_factory=list)
+
+
+QUERY_COLUMNS = (
+    "time",
+    "client",
+    "device",
+    "profile",
+    "name",
+    "qtype",
+    "kind",
+    "reason",
+    "upstream",
+    "latency_ms",
+)
+ROLLUP_COLUMNS = ("hour", "profile", "kind", "category", "queries", "top_names")
+
+
+# -- the store ----------------------------------------------------------------------------
+
+
+class QueryLogStore:
+    """All reads and writes of DATA/querylog.db.
+
+    `write` is meant for one thread (QueryLog's writer): it caches the ids of names and terms,
+    and drops that cache when another connection has committed (``PRAGMA data_version``) or
+    when this store deleted names or terms itself.
+    """
+
+    def __init__(self, database: Database):
+        self.database = database
+        self._term_ids: dict[str, int] = {}
+        self._name_ids: dict[str, int] = {}
+        self._data_version = -1
+        self._last_id = 0
+
+    @classmethod
+    def open(cls, path: str | Path) -> QueryLogStore:
+        return cls(Database(path, MIGRATIONS))
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        return self.database.conn
+
+    def close(self) -> None:
+        self.database.close()
+
+    # -- ids of strings --------------------------------------------------------------
+
+    def _forget_ids(self) -> None:
+        self._term_ids.clear()
+        self._name_ids.clear()
+
+    def _id(self, table: str, column: str, cache: dict[str, int], text: str) -> int:
+        found = cache.get(text)
+        if found is None:
+            conn = self.conn
+            conn.execute(f"INSERT OR IGNORE INTO {table}({column}) VALUES (?)", (text,))
+            found = conn.execute(f"SELECT id FROM {table} WHERE {column} = ?", (text,)).fetchone()[
+                0
+            ]
+            if len(cache) >= 100_000:  # bound the memory of a long run
+                cache.clear()
+            cache[text] = found
+        return found
+
+    def _term(self, text: str) -> int | None:
+        return self._id("terms", "text", self._term_ids, text) if text else None
+
+    def _name(self, name: str) -> int:
+        return self._id("names", "name", self._name_ids, name)
+
+    def _lookup_term(self, text: str) -> int | None:
+        row = self.conn.execute("SELECT id FROM terms WHERE text = ?", (text,)).fetchone()
+        return row[0] if row else None
+
+    # -- writing -----------------------------------------------------------------------
+
+    def write(self, counted: Sequence[Entry], raw: Sequence[Entry]) -> None:
+        """One transaction: `raw` entries into the log, `counted` entries into the rollups.
+
+        The privacy level decides which entries are in which list (QueryLog does that).
+        """
+        if not counted and not raw:
+            return
+        try:
+            self._write(counted, raw, one_by_one=False)
+        except sqlite3.IntegrityError:
+            # Two ids collided: the clock went back by exactly the wrong amount. Rare, so slow.
+            self._write(counted, raw, one_by_one=True)
+
+    def _next_id(self, seconds: float) -> int:
+        """The id of an entry at `seconds`: its time, after the last id when within a second of it.
+
+        Entries of the same millisecond, or queued a little late, take the next free id, so
+        the ids keep the order of writing. A clock set back by more than a second (NTP on a Pi
+        without a real-time clock) gets its true time; a rare collision is handled in write().
+        """
+        wanted = int(seconds * 1000) << SEQ_BITS
+        last = self._last_id
+        if wanted > last or last - wanted > (1000 << SEQ_BITS):
+            return wanted
+        return last + 1
+
+    def _write(self, counted: Sequence[Entry], raw: Sequence[Entry], one_by_one: bool) -> None:
+        with self.database.transaction() as db:
+            conn = db.conn
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._data_version:
+                self._forget_ids()  # another connection may have deleted names or terms
+                self._data_version = version
+            term, name_id = self._term, self._name
+            rows = []
+            for e in raw:  # in the order recorded: the ids keep it
+                row_id = self._last_id = self._next_id(e.time)
+                rows.append(
+                    (
+                        row_id,
+                        term(e.client) or 0,
+                        term(e.device),
+                        term(e.profile) or 0,
+                        name_id(e.name) if e.name else None,
+                        e.qtype,
+                        KIND_CODE.get(e.kind, 0),
+                        term(category_of(e.reason)),
+                        term(e.reason),
+                        term(e.upstream),
+                        max(0, round(e.latency_ms * 1000)),
+                    )
+                )
+            sql = "INSERT INTO queries VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+            if one_by_one:
+                for row in rows:
+                    row_id = row[0]
+                    while conn.execute("SELECT 1 FROM queries WHERE id = ?", (row_id,)).fetchone():
+                        row_id += 1
+                    conn.execute(sql, (row_id, *row[1:]))
+            else:
+                conn.executemany(sql, rows)
+            counts = Counter(
+                (
+                    hour_of(e.time),
+                    term(e.profile) or 0,
+                    KIND_CODE.get(e.kind, 0),
+                    term(category_of(e.reason)) or 0,
+                )
+                for e in counted
+            )
+            conn.executemany(
+                "INSERT INTO rollups VALUES (?,?,?,?,?) ON CONFLICT (hour, profile, kind, category)"
+                " DO UPDATE SET queries = queries + excluded.queries",
+                [(*key, n) for key, n in counts.items()],
+            )
+
+    # -- hourly rollup of the top names ------------------------------------------------
+
+    def _meta(self, key: str, default: int) -> int:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def rolled_up_until(self) -> int | None:
+        """The first hour whose top names are not computed yet (None: nothing rolled up yet)."""
+        value = self._meta("rolled_up_until", -1)
+        return None if value < 0 else value
+
+    def roll_up(self, until_hour: int) -> int:
+        """Compute the top names of every finished hour before `until_hour`; returns the hours done.
+
+        Idempotent: an hour is done once, and the mark moves in the same transaction.
+        """
+        with self.database.transaction() as db:
+            conn = db.conn
+            start = self.rolled_up_until()
+            if start is None:
+                first = conn.execute("SELECT min(id) FROM queries").fetchone()[0]
+                start = until_hour if first is None else (first >> SEQ_BITS) // HOUR_MS
+            if start >= until_hour:
+                if self.rolled_up_until() is None:
+                    self._set_meta("rolled_up_until", until_hour)
+                return 0
+            conn.execute(
+                """INSERT OR REPLACE INTO rollup_top
+                   SELECT hour, profile, kind, category, name, n FROM (
+                       SELECT hour, profile, kind, category, name, n, row_number() OVER (
+                           PARTITION BY hour, profile, kind, category ORDER BY n DESC, name
+                       ) AS rank
+                       FROM (
+                           SELECT (id >> ?) / ? AS hour, profile, kind,
+                                  coalesce(category, 0) AS category, name, count(*) AS n
+                           FROM queries
+                           WHERE id >= ? AND id < ? AND name IS NOT NULL
+                           GROUP BY 1, 2, 3, 4, 5
+                       )
+                   ) WHERE rank <= ?""",
+                (
+                    SEQ_BITS,
+                    HOUR_MS,
+                    _id_bound(start * 3600),
+                    _id_bound(until_hour * 3600),
+                    TOP_NAMES,
+                ),
+            )
+            self._set_meta("rolled_up_until", until_hour)
+            return until_hour - start
+
+    def _set_meta(self, key: str, value: int) -> None:
+        self.conn.execute(
+            "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    # -- deleting, in batches ------------------------------------------------------------
+
+    def _delete_queries(self, where: str, params: Sequence) -> Iterator[int]:
+        """Delete the raw rows matching `where`, BATCH at a time in id order; yields each count."""
+        after = -1
+        while True:
+            with self.database.transaction() as db:
+                last = db.conn.execute(
+                    f"SELECT max(id) FROM (SELECT id FROM queries WHERE id > ? AND ({where})"
+                    " ORDER BY id LIMIT ?)",
+                    (after, *params, BATCH),
+                ).fetchone()[0]
+                if last is None:
+                    return
+                deleted = db.conn.execute(
+                    f"DELETE FROM queries WHERE id > ? AND id <= ? AND ({where})",
+                    (after, last, *params),
+                ).rowcount
+            after = last
+            yield deleted
+
+    def _delete_keyed(self, table: str, where: str, params: Sequence) -> Iterator[int]:
+        """Delete rows of a rollup table matching `where`, BATCH at a time."""
+        key = "hour, profile, kind, category" + (", name" if table == "rollup_top" else "")
+        while True:
+            with self.database.transaction() as db:
+                deleted = db.conn.execute(
+                    f"DELETE FROM {table} WHERE ({key}) IN"
+                    f" (SELECT {key} FROM {table} WHERE {where} LIMIT ?)",
+                    (*params, BATCH),
+                ).rowcount
+            if not deleted:
+                return
+            yield deleted
+
+    def prune(self, now: float, raw_days: float, rollup_days: float) -> Iterator[int]:
+        """Retention: raw rows older than `raw_days`, rollups older than `rollup_days`."""
+        yield from self._delete_queries("id < ?", (_id_bound(now - raw_days * 86_400),))
+        oldest_hour = hour_of(now - rollup_days * 86_400)
+        yield from self._delete_keyed("rollups", "hour < ?", (oldest_hour,))
+        yield from self._delete_keyed("rollup_top", "hour < ?", (oldest_hour,))
+
+    def purge(
+        self, level: str, profiles: Iterable[str] | None = None, keep: Iterable[str] = ()
+    ) -> Iterator[int]:
+        """Delete what `level` would not have kept, for `profiles` (None: every profile but `keep`).
+
+        hide_allowed: raw rows and top names of answers other than blocks and rewrites;
+        counts_only: every raw row and top name; off: those and the counts too.
+        """
+        if level not in PRIVACY_LEVELS:
+            raise ValueError(f"unknown privacy level {level!r}")
+        if level == "full":
+            return
+        if profiles is None:
+            ids = [i for i in map(self._lookup_term, keep) if i is not None]
+            who = f"profile NOT IN ({','.join('?' * len(ids))})" if ids else "1"
+        else:
+            ids = [i for i in map(self._lookup_term, profiles) if i is not None]
+            if not ids:
+                return
+            who = f"profile IN ({','.join('?' * len(ids))})"
+        what, params = who, list(ids)
+        if level == "hide_allowed":
+            kept = sorted(KIND_CODE[k] for k in KINDS_KEPT_WHEN_HIDING)
+            what += f" AND kind NOT IN ({','.join('?' * len(kept))})"
+            params += kept
+        yield from self._delete_queries(what, params)
+        yield from self._delete_keyed("rollup_top", what, params)
+        if level == "off":
+            yield from self._delete_keyed("rollups", who, ids)
+        yield self.forget_unused()
+
+    def delete_profile(self, profile: str) -> Iterator[int]:
+        """Every raw row, count and top name of one profile."""
+        yield from self.purge("off", [profile])
+
+    def forget_unused(self) -> int:
+        """Delete names and terms nothing refers to any more; returns how many."""
+        with self.database.transaction() as db:
+            conn = db.conn
+            names = conn.execute(
+                """DELETE FROM names WHERE id NOT IN
+                   (SELECT name FROM queries WHERE name IS NOT NULL UNION SELECT name FROM rollup_top)"""
+            ).rowcount
+            used = " UNION ".join(
+                f"SELECT {column} FROM {table} WHERE {column} IS NOT NULL"
+                for table, columns in (
+                    ("queries", ("client", "device", "profile", "category", "reason", "upstream")),
+                    ("rollups", ("profile", "category")),
+                    ("rollup_top", ("profile", "category")),
+                )
+                for column in columns
+            )
+            terms = conn.execute(f"DELETE FROM terms WHERE id NOT IN ({used})").rowcount
+        self._forget_ids()
+        return names + terms
+
+    # -- privacy levels last applied ---------------------------------------------------
+
+    def privacy_levels(self) -> dict[str, str]:
+        """Profile -> level last applied; the key GLOBAL holds the global level."""
+        return dict(self.conn.execute("SELECT profile, level FROM privacy").fetchall())
+
+    def save_privacy_level(self, profile: str, level: str | None) -> None:
+        """Remember `level` for `profile` (GLOBAL: the global one); None forgets the profile's own."""
+        with self.database.transaction() as db:
+            if level is None:
+                db.conn.execute("DELETE FROM privacy WHERE profile = ?", (profile,))
+            else:
+                db.conn.execute(
+                    "INSERT INTO privacy VALUES (?, ?) ON CONFLICT (profile) DO UPDATE SET level = excluded.level",
+                    (profile, level),
+                )
+
+    # -- reading -------------------------------------------------------------------------
+
+    def count_queries(self) -> int:
+        return self.conn.execute("SELECT count(*) FROM queries").fetchone()[0]
+
+    def export_queries(
+        self, start: float, end: float, profile: str | None = None
+    ) -> Iterator[tuple]:
+        """Raw rows with start <= time < end, oldest first, as QUERY_COLUMNS."""
+        where, params = "q.id >= ? AND q.id < ?", [_id_bound(start), _id_bound(end)]
+        if profile is not None:
+            where += " AND p.text = ?"
+            params.append(profile)
+        cursor = self.conn.execute(
+            f"""SELECT q.id >> {SEQ_BITS}, c.text, coalesce(d.text, ''), coalesce(p.text, ''),
+                       coalesce(n.name, ''), q.qtype, q.kind, coalesce(r.text, ''),
+                       coalesce(u.text, ''), q.latency_us
+                FROM queries q
+                LEFT JOIN terms c ON c.id = q.client
+                LEFT JOIN terms d ON d.id = q.device
+                LEFT JOIN terms p ON p.id = q.profile
+                LEFT JOIN names n ON n.id = q.name
+                LEFT JOIN terms r ON r.id = q.reason
+                LEFT JOIN terms u ON u.id = q.upstream
+                WHERE {where} ORDER BY q.id""",
+            params,
+        )
+        for ms, client, device, prof, name, qtype, kind, reason, upstream, latency_us in cursor:
+            yield (
+                _iso(ms),
+                client or "",
+                device,
+                prof,
+                name,
+                qtype,
+                KINDS[kind] if 0 <= kind < len(KINDS) else "other",
+                reason,
+                upstream,
+                f"{latency_us / 1000:.3f}",
+            )
+
+    def export_rollups(
+        self, start: float, end: float, profile: str | None = None
+    ) -> Iterator[tuple]:
+        """Rollups of the hours that start in [start, end), as ROLLUP_COLUMNS.
+
+        top_names is "name:count" pairs separated by spaces (names never hold a space: the
+        resolver writes unprintable and space bytes as \\DDD).
+        """
+        where, params = "r.hour >= ? AND r.hour < ?", [-(-start // 3600), -(-end // 3600)]
+        if profile is not None:
+            where += " AND p.text = ?"
+            params.append(profile)
+        cursor = self.conn.execute(
+            f"""SELECT r.hour, coalesce(p.text, ''), r.kind, coalesce(c.text, ''), r.queries,
+                       (SELECT group_concat(name || ':' || queries, ' ') FROM (
+                            SELECT n.name, t.queries FROM rollup_top t JOIN names n ON n.id = t.name
+                            WHERE t.hour = r.hour AND t.profile = r.profile AND t.kind = r.kind
+                              AND t.category = r.category
+                            ORDER BY t.queries DESC, n.name))
+                FROM rollups r
+                LEFT JOIN terms p ON p.id = r.profile
+                LEFT JOIN terms c ON c.id = r.category
+                WHERE {where} ORDER BY r.hour, 2, r.kind, 4""",
+            params,
+        )
+        for hour, prof, kind, category, queries, top in cursor:
+            kind_text = KINDS[kind] if 0 <= kind < len(KINDS) else "other"
+            yield (_iso(hour * HOUR_MS), prof, kind_text, category, queries, top or "")
+
+    def statistics(self, now: float | None = None, top: int = 10) -> dict[str, PeriodStats]:
+        """The home page: the last 24 hours and the last 7 days (current hour included).
+
+        Counts come from `rollups` only; the top blocked names from `rollup_top` for the hours
+        rolled up, and from the raw rows of the hours after (the current one, usually).
+        """
+        now = time.time() if now is None else now
+        current = hour_of(now)
+        raw_from = self.rolled_up_until()
+        raw_from = current if raw_from is None else min(raw_from, current + 1)
+        return {
+            label: self._period(current - hours + 1, raw_from, top)
+            for label, hours in (("24h", 24), ("7d", 24 * 7))
+        }
+
+    def _period(self, start_hour: int, raw_from: int, top: int) -> PeriodStats:
+        conn = self.conn
+        profiles = [
+            ProfileCounts(profile or "", queries, blocked)
+            for profile, queries, blocked in conn.execute(
+                """SELECT p.text, sum(r.queries), sum(CASE WHEN r.kind = ? THEN r.queries ELSE 0 END)
+                   FROM rollups r LEFT JOIN terms p ON p.id = r.profile
+                   WHERE r.hour >= ? GROUP BY r.profile ORDER BY 2 DESC""",
+                (BLOCKED, start_hour),
+            )
+        ]
+        top_blocked = conn.execute(
+            """SELECT n.name, t.c FROM (
+                   SELECT name_id, sum(c) AS c FROM (
+                       SELECT name AS name_id, queries AS c FROM rollup_top
+                       WHERE hour >= ? AND hour < ? AND kind = ?
+                       UNION ALL
+                       SELECT name, 1 FROM queries WHERE id >= ? AND kind = ? AND name IS NOT NULL
+                   ) GROUP BY name_id ORDER BY c DESC LIMIT ?
+               ) t JOIN names n ON n.id = t.name_id
+               ORDER BY t.c DESC, n.name""",
+            (
+                start_hour,
+                raw_from,
+                BLOCKED,
+                _id_bound(max(start_hour, raw_from) * 3600),
+                BLOCKED,
+                top,
+            ),
+        ).fetchall()
+        return PeriodStats(
+            start_hour=start_hour,
+            queries=sum(p.queries for p in profiles),
+            blocked=sum(p.blocked for p in profiles),
+            top_blocked=[(name, count) for name, count in top_blocked],
+            profiles=profiles,
+        )

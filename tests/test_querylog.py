@@ -1,0 +1,525 @@
+"""The query log: batching, a queue that never waits, rollups, retention, privacy, export, deletion.
+
+Every test uses a real SQLite file in tmp_path and, where the writer thread matters, the real
+thread. Waits are bounded polls of a condition, never assertions about speed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sqlite3
+import time
+from collections import Counter
+from datetime import date
+
+import pytest
+
+from agent.model import AnswerKind
+from agent.querylog import (
+    QueryLog,
+    QueryLogStore,
+    day_bounds,
+    export_queries_csv,
+    export_rollups_csv,
+)
+from agent.settings import load_settings
+from agent.storage.querylog import BATCH, TOP_NAMES, Entry, hour_of
+
+NOW = 1_790_000_000.0  # a fixed clock: 2026-09-21, in the middle of an hour
+HOUR = 3600
+
+
+def wait_until(condition, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def open_log(tmp_path):
+    logs = []
+
+    def make(**options) -> QueryLog:
+        options.setdefault("clock", lambda: NOW)
+        ql = QueryLog(QueryLogStore.open(tmp_path / "querylog.db"), **options)
+        logs.append(ql)
+        return ql
+
+    yield make
+    for ql in logs:
+        ql.stop()
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = QueryLogStore.open(tmp_path / "querylog.db")
+    yield s
+    s.close()
+
+
+def entry(
+    t,
+    name="example.com",
+    kind="forwarded",
+    profile="kid",
+    reason="",
+    client="192.168.1.20",
+    qtype=1,
+):
+    if kind == "blocked" and not reason:
+        reason = "category=adult min_age=18+"
+    upstream = "192.168.1.1:53" if kind == "forwarded" else ""
+    return Entry(t, client, "", profile, name, qtype, kind, reason, upstream, 12.5)
+
+
+def raw_rows(s: QueryLogStore, profile=None) -> list[tuple]:
+    return list(s.export_queries(0, 4e9, profile))
+
+
+def rollup_counts(s: QueryLogStore) -> Counter:
+    return Counter({(r[0], r[1], r[2], r[3]): r[4] for r in s.export_rollups(0, 4e9)})
+
+
+def names_in_file(s: QueryLogStore) -> set[str]:
+    return {row[0] for row in s.conn.execute("SELECT name FROM names")}
+
+
+# -- batching and the queue -------------------------------------------------------------
+
+
+def test_nothing_is_written_before_a_batch_is_full_and_all_of_it_after(open_log):
+    ql = open_log(flush_entries=100, flush_seconds=3600)
+    ql.start()
+    for i in range(99):
+        ql.record("192.168.1.20", f"n{i}.example", 1, AnswerKind.FORWARDED)
+    cycles = ql.cycles
+    wait_until(lambda: ql.cycles >= cycles + 5, "five turns of the writer")
+    assert ql.store.count_queries() == 0
+    assert ql.queued == 99
+
+    ql.record("192.168.1.20", "n99.example", 1, AnswerKind.FORWARDED)
+    wait_until(lambda: ql.written == 100, "the batch")
+    assert [row[4] for row in raw_rows(ql.store)] == [f"n{i}.example" for i in range(100)]
+    assert ql.flushes == 1
+
+
+def test_a_partial_batch_is_written_after_flush_seconds(open_log):
+    ql = open_log(flush_entries=1000, flush_seconds=0.3)
+    ql.start()
+    for i in range(5):
+        ql.record("192.168.1.20", f"n{i}.example", 1, AnswerKind.CACHED)
+    wait_until(lambda: ql.store.count_queries() == 5, "the timed flush")
+
+
+def test_stop_writes_everything_still_queued(open_log):
+    ql = open_log(flush_entries=1000, flush_seconds=3600)
+    ql.start()
+    for i in range(10):
+        ql.record("192.168.1.20", f"n{i}.example", 1, AnswerKind.CACHED)
+    ql.stop()
+    assert ql.store.count_queries() == 10
+
+
+def test_a_full_queue_drops_new_entries_and_counts_them(open_log):
+    ql = open_log(queue_entries=50)
+    for i in range(80):
+        ql.record("192.168.1.20", f"n{i}.example", 1, AnswerKind.CACHED)
+    assert (ql.queued, ql.dropped) == (50, 30)
+    ql.stop()
+    # The first 50 were kept; the drops were the newest.
+    assert [row[4] for row in raw_rows(ql.store)] == [f"n{i}.example" for i in range(50)]
+    assert ql.counters()["dropped"] == 30
+
+
+def test_record_does_not_wait_for_a_writer_stalled_by_a_write_lock(open_log, tmp_path):
+    ql = open_log(flush_entries=1, queue_entries=1000, busy_timeout=40)
+    other = sqlite3.connect(tmp_path / "querylog.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # e.g. a long export by the admin page holding the lock
+    try:
+        ql.start()
+        ql.record("192.168.1.20", "first.example", 1, AnswerKind.CACHED)
+        wait_until(lambda: ql.in_write, "the writer to wait for the lock")
+        for i in range(2000):
+            ql.record("192.168.1.20", f"n{i}.example", 1, AnswerKind.CACHED)
+        # Every call returned while the writer was still stuck inside its write.
+        assert ql.in_write
+        assert ql.written == 0
+        assert (ql.queued, ql.dropped) == (1001, 1000)
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    wait_until(lambda: ql.written == 1001, "the writer to catch up")
+    assert ql.store.count_queries() == 1001
+
+
+def test_a_failed_write_keeps_its_entries_and_retries(open_log, tmp_path):
+    ql = open_log(flush_entries=1, flush_seconds=0.2, busy_timeout=0.05)
+    other = sqlite3.connect(tmp_path / "querylog.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        ql.start()
+        for i in range(5):
+            ql.record("192.168.1.20", f"n{i}.example", 1, AnswerKind.CACHED)
+        wait_until(lambda: ql.write_errors >= 2, "two failed writes")
+        assert ql.written == 0
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    wait_until(lambda: ql.written == 5, "the retry")
+    assert [row[4] for row in raw_rows(ql.store)] == [f"n{i}.example" for i in range(5)]
+    assert ql.dropped == 0
+
+
+def test_wire_names_answer_kinds_and_bad_entries(open_log):
+    ql = open_log()
+    ql.record(
+        "192.168.1.20",
+        b"\x03www\x07example\x03com\x00",
+        28,
+        AnswerKind.BLOCKED,
+        "category=adult min_age=18+",
+        "kid",
+        "tablet",
+        "",
+        0.25,
+    )
+    ql.record("192.168.1.20", "ok.example", "not a type", AnswerKind.CACHED)  # a caller's bug
+    ql.stop()
+    assert raw_rows(ql.store) == [
+        (
+            "2026-09-21T14:13:20.000Z",
+            "192.168.1.20",
+            "tablet",
+            "kid",
+            "www.example.com",
+            28,
+            "blocked",
+            "category=adult min_age=18+",
+            "",
+            "0.250",
+        )
+    ]
+    assert ql.rejected == 1
+
+
+def test_open_takes_the_querylog_settings(tmp_path):
+    settings = load_settings(
+        environ={"SAFENEST_QUERYLOG_PRIVACY": "counts_only", "SAFENEST_QUERYLOG_RAW_DAYS": "3"}
+    )
+    ql = QueryLog.open(tmp_path, settings)
+    try:
+        assert (ql.privacy(), ql.raw_days, ql.rollup_days) == ("counts_only", 3, 90)
+        assert (ql.flush_seconds, ql.flush_entries, ql.queue_entries) == (10.0, 1000, 20000)
+        assert (tmp_path / "querylog.db").exists()
+    finally:
+        ql.stop()
+
+
+# -- rollups and statistics ----------------------------------------------------------
+
+
+def mixed_day(start: float) -> list[Entry]:
+    """Three hours of two profiles, several kinds and categories, and 25 names in one key."""
+    entries = []
+    for i in range(600):
+        t = start + i * 18  # 3 hours
+        kind = ("forwarded", "cached", "blocked", "blocked", "rewritten")[i % 5]
+        reason = {"blocked": "category=gambling" if i % 2 else "category=adult min_age=18+"}.get(
+            kind, ""
+        )
+        entries.append(
+            entry(t, f"site{(i // 5) % 25}.example", kind, ("minh", "lan")[i % 3 == 0], reason)
+        )
+    return entries
+
+
+def test_rollups_match_the_raw_counts_and_keep_the_top_names(store):
+    start = (hour_of(NOW) - 5) * HOUR
+    entries = mixed_day(start)
+    store.write(entries, entries)
+    assert store.roll_up(hour_of(NOW)) == 5
+    assert store.roll_up(hour_of(NOW)) == 0  # an hour is rolled up once
+
+    raw = Counter()
+    names = {}
+    for time_, _, _, profile, name, _, kind, reason, _, _ in raw_rows(store):
+        category = reason[9:].split(" ")[0] if reason.startswith("category=") else ""
+        key = (time_[:13] + ":00:00.000Z", profile, kind, category)
+        raw[key] += 1
+        names.setdefault(key, Counter())[name] += 1
+    assert rollup_counts(store) == raw
+    assert sum(raw.values()) == 600
+
+    for hour, profile, kind, category, _, top in store.export_rollups(0, 4e9):
+        counted = names[(hour, profile, kind, category)]
+        got = [(pair.rsplit(":", 1)[0], int(pair.rsplit(":", 1)[1])) for pair in top.split(" ")]
+        # The most asked names with their true counts (which of equal counts is kept may vary).
+        assert [n for _, n in got] == sorted(counted.values(), reverse=True)[:TOP_NAMES]
+        assert all(counted[name] == n for name, n in got)
+    longest = max(len(top.split(" ")) for *_, top in store.export_rollups(0, 4e9))
+    assert longest == TOP_NAMES  # bounded although one key has 25 names
+
+
+def test_the_writer_rolls_up_each_finished_hour(open_log):
+    now = [NOW]
+    ql = open_log(flush_entries=1, flush_seconds=0.1, clock=lambda: now[0])
+    ql.start()
+    ql.record("192.168.1.20", "late.example", 1, AnswerKind.BLOCKED, "category=adult")
+    wait_until(lambda: ql.written == 1, "the first write")
+    assert list(ql.store.export_rollups(0, 4e9))[0][5] == ""  # the hour is not over
+    now[0] = (hour_of(NOW) + 1) * HOUR + 5
+    ql.record("192.168.1.20", "next.example", 1, AnswerKind.CACHED)
+    wait_until(lambda: ql.store.rolled_up_until() == hour_of(NOW) + 1, "the roll-up")
+    assert list(ql.store.export_rollups(0, 4e9))[0][5] == "late.example:1"
+
+
+def test_statistics_read_the_rollups_and_the_current_hour_only(store):
+    current = hour_of(NOW)
+    old = [entry((current - 24 * 8) * HOUR + 60, "old.example", "blocked")]  # outside both periods
+    week = [entry((current - 30) * HOUR + i, "week.example", "blocked", "lan") for i in range(4)]
+    day = [entry((current - 2) * HOUR + i, "day.example", "blocked") for i in range(3)]
+    day += [entry((current - 2) * HOUR + 10 + i, "fine.example", "cached") for i in range(5)]
+    store.write(old + week + day, old + week + day)
+    store.roll_up(current)
+    now_hour = [entry(current * HOUR + i, "now.example", "blocked") for i in range(2)]
+    store.write(now_hour, now_hour)
+
+    stats = store.statistics(NOW)
+    assert (stats["24h"].queries, stats["24h"].blocked) == (10, 5)
+    assert stats["24h"].top_blocked == [("day.example", 3), ("now.example", 2)]
+    assert (stats["7d"].queries, stats["7d"].blocked) == (14, 9)
+    assert stats["7d"].top_blocked == [("week.example", 4), ("day.example", 3), ("now.example", 2)]
+    assert [(p.profile, p.queries, p.blocked) for p in stats["7d"].profiles] == [
+        ("kid", 10, 5),
+        ("lan", 4, 4),
+    ]
+
+    # Delete the raw rows of the finished hours: nothing changes, since they were not read.
+    list(store.prune(current * HOUR, 0, 90))
+    assert len(raw_rows(store)) == 2
+    assert store.statistics(NOW) == stats
+
+
+# -- retention ---------------------------------------------------------------------------
+
+
+def test_retention_prunes_raw_rows_and_rollups_in_batches(store):
+    old = [entry(NOW - 8 * 86_400 + i, f"old{i % 3}.example") for i in range(2 * BATCH + 500)]
+    recent = [entry(NOW - 6 * 86_400, "recent.example"), entry(NOW - 60, "now.example")]
+    ancient = [entry(NOW - 100 * 86_400, "ancient.example", "blocked")]
+    store.write(ancient + old + recent, ancient + old + recent)
+    store.roll_up(hour_of(NOW))
+    assert "ancient.example" in names_in_file(store)
+
+    batches = list(store.prune(NOW, raw_days=7, rollup_days=90))
+    assert batches[:3] == [BATCH, BATCH, 501]  # 2,500 old rows and the ancient one
+    assert [row[4] for row in raw_rows(store)] == ["recent.example", "now.example"]
+    hours = {row[0] for row in store.export_rollups(0, 4e9)}
+    assert min(hours) >= "2026-06"  # the ancient hour's counts are gone, the 8-day-old ones kept
+    assert sum(rollup_counts(store).values()) == len(old) + len(recent)
+
+    store.forget_unused()
+    # Old names stay while an hour's top names still show them; the ancient one is gone.
+    assert names_in_file(store) == {
+        "old0.example",
+        "old1.example",
+        "old2.example",
+        "recent.example",
+        "now.example",
+    }
+
+
+def test_the_writer_prunes_when_it_starts(open_log, tmp_path):
+    s = QueryLogStore.open(tmp_path / "querylog.db")
+    rows = [entry(NOW - 9 * 86_400, "stale.example"), entry(NOW - 60, "fresh.example")]
+    s.write(rows, rows)
+    s.close()
+    ql = open_log(raw_days=7)
+    ql.start()
+    wait_until(lambda: ql.store.count_queries() == 1, "the prune")
+    assert [row[4] for row in raw_rows(ql.store)] == ["fresh.example"]
+    wait_until(lambda: "stale.example" not in names_in_file(ql.store), "the unused name to go")
+
+
+# -- privacy ---------------------------------------------------------------------------
+
+
+KINDS = [AnswerKind.FORWARDED, AnswerKind.CACHED, AnswerKind.BLOCKED, "rewritten", AnswerKind.LOCAL]
+
+
+def record_each_kind(ql: QueryLog, profile: str = "kid") -> None:
+    for kind in KINDS:
+        reason = "category=adult" if kind == AnswerKind.BLOCKED else ""
+        ql.record("192.168.1.20", f"{kind}.{profile}.example", 1, kind, reason, profile)
+
+
+@pytest.mark.parametrize(
+    "level, logged",
+    [
+        ("full", ["forwarded", "cached", "blocked", "rewritten", "local"]),
+        ("hide_allowed", ["blocked", "rewritten"]),
+        ("counts_only", []),
+        ("off", []),
+    ],
+)
+def test_each_privacy_level_keeps_what_it_says(open_log, level, logged):
+    ql = open_log(privacy=level)
+    record_each_kind(ql)
+    ql.stop()
+    assert [row[6] for row in raw_rows(ql.store)] == logged
+    counts = rollup_counts(ql.store)
+    assert sum(counts.values()) == (0 if level == "off" else 5)
+    assert names_in_file(ql.store) == {f"{k}.kid.example" for k in logged}
+
+
+def test_a_profiles_own_level_wins_over_the_global_one(open_log):
+    ql = open_log(privacy="counts_only")
+    ql.set_privacy("full", "teacher")
+    record_each_kind(ql, "kid")
+    record_each_kind(ql, "teacher")
+    ql.stop()
+    assert {row[3] for row in raw_rows(ql.store)} == {"teacher"}
+    assert len(raw_rows(ql.store)) == 5
+    assert (ql.privacy("kid"), ql.privacy("teacher"), ql.privacy()) == (
+        "counts_only",
+        "full",
+        "counts_only",
+    )
+
+
+def test_a_stricter_level_purges_what_it_would_not_have_kept(open_log):
+    ql = open_log(privacy="full", flush_seconds=0.1)
+    ql.start()
+    record_each_kind(ql, "kid")
+    record_each_kind(ql, "teen")
+    wait_until(lambda: ql.written == 10, "the writes")
+    ql.store.roll_up(hour_of(NOW) + 1)  # top names too, as after the hour
+
+    assert ql.set_privacy("hide_allowed", "kid")
+    assert sorted((r[3], r[6]) for r in raw_rows(ql.store, "kid")) == [
+        ("kid", "blocked"),
+        ("kid", "rewritten"),
+    ]
+    assert len(raw_rows(ql.store, "teen")) == 5
+    tops = {(r[1], r[2]): r[5] for r in ql.store.export_rollups(0, 4e9)}
+    assert tops[("kid", "cached")] == "" and tops[("kid", "blocked")] == "blocked.kid.example:1"
+    assert "cached.kid.example" not in names_in_file(ql.store)
+
+    assert ql.set_privacy("counts_only", "kid")
+    assert raw_rows(ql.store, "kid") == []
+    assert not any(name.endswith(".kid.example") for name in names_in_file(ql.store))
+    assert (
+        sum(n for (h, p, k, c), n in rollup_counts(ql.store).items() if p == "kid") == 5
+    )  # counts stay
+
+    assert ql.set_privacy("off", "kid")
+    assert all(key[1] != "kid" for key in rollup_counts(ql.store))
+    assert len(raw_rows(ql.store, "teen")) == 5  # the other profile untouched throughout
+
+    # Looser again: nothing comes back, and new entries follow the new level.
+    assert ql.set_privacy("full", "kid")
+    record_each_kind(ql, "kid")
+    wait_until(lambda: ql.written == 15, "the new writes")
+    assert len(raw_rows(ql.store, "kid")) == 5
+
+
+def test_a_stricter_global_level_spares_profiles_with_their_own(open_log):
+    ql = open_log(privacy="full")
+    ql.set_privacy("full", "teacher")
+    record_each_kind(ql, "kid")
+    record_each_kind(ql, "teacher")
+    ql.stop()
+    assert ql.set_privacy("counts_only")
+    assert {row[3] for row in raw_rows(ql.store)} == {"teacher"}
+
+
+def test_a_level_made_stricter_while_stopped_is_purged_at_start(open_log, tmp_path):
+    ql = open_log(privacy="full")
+    record_each_kind(ql)
+    ql.stop()
+    ql.store.close()
+    again = open_log(privacy="hide_allowed")
+    assert sorted(row[6] for row in raw_rows(again.store)) == ["blocked", "rewritten"]
+    assert again.store.privacy_levels() == {"*": "hide_allowed"}
+
+
+def test_an_unknown_level_is_refused(open_log):
+    ql = open_log()
+    with pytest.raises(ValueError, match="unknown privacy level 'secret'"):
+        ql.set_privacy("secret", "kid")
+    with pytest.raises(ValueError):
+        ql.set_privacy(None)
+
+
+# -- export and deletion ---------------------------------------------------------------------
+
+
+def test_csv_export_escapes_commas_quotes_and_formulas(open_log):
+    ql = open_log()
+    hostile = b'\x07a,b"c\nd\x07example\x00'  # commas, quotes, a newline (escaped as \010)
+    ql.record("192.168.1.20", hostile, 1, AnswerKind.BLOCKED, 'category=adult note="x, y"', "kid")
+    ql.record("192.168.1.20", b"\x0a=cmd|calc!\x07example\x00", 16, AnswerKind.CACHED, "", "kid")
+    ql.stop()
+    start, end = day_bounds(date(2026, 9, 21), date(2026, 9, 21))
+    out = io.StringIO()
+    assert export_queries_csv(ql.store, out, start, end) == 2
+    rows = list(csv.reader(io.StringIO(out.getvalue())))
+    assert rows[0] == [
+        "time",
+        "client",
+        "device",
+        "profile",
+        "name",
+        "qtype",
+        "kind",
+        "reason",
+        "upstream",
+        "latency_ms",
+    ]
+    assert rows[1][4] == 'a,b"c\\010d.example'
+    assert rows[1][7] == 'category=adult note="x, y"'
+    assert rows[2][4] == "'=cmd|calc!.example"  # shown as text by a spreadsheet, not run
+    assert out.getvalue().count("\r\n") == 3
+
+    out = io.StringIO()
+    assert export_rollups_csv(ql.store, out, start, end) == 2
+    rows = list(csv.reader(io.StringIO(out.getvalue())))
+    assert rows[0] == ["hour", "profile", "kind", "category", "queries", "top_names"]
+    assert sorted((r[0], r[1], r[2], r[3], r[4]) for r in rows[1:]) == [
+        ("2026-09-21T14:00:00.000Z", "kid", "blocked", "adult", "1"),
+        ("2026-09-21T14:00:00.000Z", "kid", "cached", "", "1"),
+    ]
+
+
+def test_export_covers_only_the_date_range_and_profile(store):
+    rows = [
+        entry(NOW - 86_400, "yesterday.example"),
+        entry(NOW, "today.example"),
+        entry(NOW, "lan.example", profile="lan"),
+    ]
+    store.write(rows, rows)
+    start, end = day_bounds(date(2026, 9, 21), date(2026, 9, 21))
+    assert [r[4] for r in store.export_queries(start, end)] == ["today.example", "lan.example"]
+    assert [r[4] for r in store.export_queries(start, end, "lan")] == ["lan.example"]
+    assert [r[1] for r in store.export_rollups(start, end, "kid")] == ["kid"]
+    with pytest.raises(ValueError, match="ends"):
+        day_bounds(date(2026, 9, 21), date(2026, 9, 20))
+
+
+def test_deleting_a_profiles_history_leaves_the_others(open_log):
+    ql = open_log(flush_seconds=0.1)
+    ql.start()
+    record_each_kind(ql, "kid")
+    record_each_kind(ql, "teen")
+    wait_until(lambda: ql.written == 10, "the writes")
+    ql.store.roll_up(hour_of(NOW) + 1)
+    assert ql.delete_profile("kid")
+    assert {row[3] for row in raw_rows(ql.store)} == {"teen"}
+    assert {key[1] for key in rollup_counts(ql.store)} == {"teen"}
+    assert not any(name.endswith(".kid.example") for name in names_in_file(ql.store))
+    assert [p.profile for p in ql.store.statistics(NOW)["24h"].profiles] == ["teen"]
+    terms = {row[0] for row in ql.store.conn.execute("SELECT text FROM terms")}
+    assert "kid" not in terms
