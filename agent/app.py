@@ -17,9 +17,11 @@ import logging
 import signal
 import threading
 import time
+from datetime import UTC, datetime
 
-from .devices import NeighbourTable
+from .devices import NeighbourTable, SeenClients, check_router_forwarding, default_gateways
 from .devices.neighbours import REFRESH_SECONDS as NEIGHBOURS_REFRESH
+from .devices.neighbours import canonical_ip
 from .dns.cache import AnswerCache
 from .dns.pipeline import build_chain
 from .dns.server import DnsServer, parse_listen
@@ -40,6 +42,7 @@ log = logging.getLogger("safenest")
 
 POLICY_POLL_SECONDS = 0.5  # the policy database's revision is read this often (a change acts within 2 s)
 CLOCK_JUMP_SECONDS = 1.0  # a wall-clock step larger than this re-evaluates the schedules
+SEEN_FLUSH_SECONDS = 60.0  # the clients seen are written to the database this often
 
 
 def policy_snapshot(policy, lists, data_dir):
@@ -77,11 +80,15 @@ class Agent:
         self.lists = saved or load_snapshot(s.blocklists_dir, s.data)
         self._need_compile = saved is not None
         self.store = open_policy_store(s.data)
+        self._revision_built = self._revision()  # read before the policy: a later write is seen
         self.neighbours = NeighbourTable()  # refreshed by the watcher thread, off the loop
         self.neighbours.refresh()  # a few ms: MAC-assigned devices are known from the first query
         self.policy = Policy(
             self._policy_snapshot(self.lists, at_start=True), s.block_mode, s.block_ttl, self.neighbours
         )
+        self.seen = SeenClients(self.neighbours)  # for the admin page and the router check
+        self.policy.seen = self.seen
+        self._router_warned = False
         self.steps = build_chain(
             self.gate,
             LocalNames(s.local_names, s.local_addresses),
@@ -184,12 +191,13 @@ class Agent:
 
     def _watch(self) -> None:
         loop = self._loop
-        seen = self._revision()
+        built = self._revision_built
         next_neighbours = time.monotonic()
+        next_seen = time.monotonic() + SEEN_FLUSH_SECONDS
         while not self._watching.wait(POLICY_POLL_SECONDS):
             revision = self._revision()
-            if revision is not None and revision != seen:
-                seen = revision
+            if revision is not None and revision != built:
+                built = revision
                 loop.call_soon_threadsafe(self.rebuild_policy)
             drift = (time.time() - time.monotonic()) - self.policy.wall_offset
             if abs(drift) > CLOCK_JUMP_SECONDS:
@@ -203,7 +211,38 @@ class Agent:
                     log.warning("cannot read the neighbour table: %s", exc)
                 else:
                     loop.call_soon_threadsafe(self._neighbours_refreshed)
+            if time.monotonic() >= next_seen:
+                next_seen = time.monotonic() + SEEN_FLUSH_SECONDS
+                self._flush_seen()
         self.store.database.close()
+
+    def _flush_seen(self) -> None:
+        """In the watcher thread: store the clients seen since the last flush, and warn once when
+        nearly every query comes from the router (it forwards DNS: client identity is lost)."""
+
+        async def drain():  # SeenClients is the loop's: drain it there
+            return self.seen.drain()
+
+        try:
+            batch = asyncio.run_coroutine_threadsafe(drain(), self._loop).result(timeout=5)
+            rows = [
+                (canonical_ip(c.ip) or c.ip, c.mac, c.queries, datetime.fromtimestamp(c.last_seen, UTC))
+                for c in batch
+            ]
+            self.store.record_seen(rows)
+            warning = check_router_forwarding(self.seen.query_counts(), default_gateways())
+        except Exception as exc:
+            log.warning("cannot record the clients seen: %s", exc)
+            return
+        if warning is not None and not self._router_warned:
+            self._router_warned = True
+            log.warning(
+                "%.0f%% of %d queries came from the router %s: %s",
+                100 * warning.share,
+                warning.queries,
+                warning.gateway,
+                warning.text.en,
+            )
 
     def _revision(self) -> int | None:
         try:

@@ -349,3 +349,13 @@ def test_a_device_known_by_mac_keeps_its_profile_when_its_address_moves(start, t
     neighbours((KID, "a4:83:e7:00:00:07"), (TEEN, "a4:83:e7:00:00:99"))
     assert answer_to(KID) == ["0.0.0.0"]
     assert answer_to(TEEN) == ["192.0.2.10"]
+
+
+def test_clients_seen_are_recorded_for_the_admin_page(start):
+    server = start()
+    for client in (KID, UNKNOWN, UNKNOWN):
+        ask(server, "www.example.test", client=client)
+    server.agent._flush_seen()  # what the watcher thread does every minute
+    seen = {d.ip: d.queries for d in store_of(server).seen_devices()}
+    assert set(seen) == {KID, UNKNOWN} and all(n >= 1 for n in seen.values())
+    assert [d.ip for d in store_of(server).unassigned_devices()] == [UNKNOWN]

@@ -102,6 +102,9 @@ class Policy(Step):
         self._tag_of: dict[str, tuple] = {}  # profile id -> its tag
         self._memo: dict[tuple, object] = {}
         self.on_change: Callable[[float], None] | None = None  # gets the new valid_until
+        # .note(ip) per query that reaches this link (a repeat served by the replay memo
+        # is not counted: the counts are shares, for the router check and the admin page).
+        self.seen = None
         self.valid_until = INF  # monotonic
         self.wall_offset = 0.0  # time.time() - time.monotonic() when valid_until was computed
         self._soa = _soa(ttl)
@@ -209,6 +212,8 @@ class Policy(Step):
         return found
 
     def __call__(self, query: Query) -> Result:
+        if self.seen is not None:
+            self.seen.note(query.client)
         found = self.decision(query)
         action = found.action
         cap = self.tags[query.client][1]
