@@ -61,6 +61,21 @@ def policy_snapshot(policy, lists, data_dir):
     return build_snapshot(policy, criteria, lists.index, load_catalogue(), lists.label)
 
 
+def _open_store(data_dir):
+    """The policy store, or None when DATA/safenest.db cannot be opened: DNS must start anyway
+    (with the default policy), and the error says what to fix."""
+    try:
+        return open_policy_store(data_dir)
+    except Exception as exc:
+        log.error(
+            "cannot open the policy database in %s (%s): every device gets the default 12+ profile; "
+            "restore it with `safenest policy import` or move the file away and restart",
+            data_dir,
+            exc,
+        )
+        return None
+
+
 class Agent:
     """One running SafeNest: built from settings, started, reloaded, stopped."""
 
@@ -79,7 +94,7 @@ class Agent:
         saved = last_good(s.data)
         self.lists = saved or load_snapshot(s.blocklists_dir, s.data)
         self._need_compile = saved is not None
-        self.store = open_policy_store(s.data)
+        self.store = _open_store(s.data)
         self._revision_built = self._revision()  # read before the policy: a later write is seen
         self.neighbours = NeighbourTable()  # refreshed by the watcher thread, off the loop
         self.neighbours.refresh()  # a few ms: MAC-assigned devices are known from the first query
@@ -141,6 +156,8 @@ class Agent:
         from .policy.model import default_policy
 
         try:
+            if self.store is None:
+                raise RuntimeError("the policy database could not be opened")
             policy = self.store.load()
         except Exception as exc:
             if not at_start:
@@ -170,7 +187,14 @@ class Agent:
                         log.error("cannot rebuild the policy, keeping the one in force: %s", exc)
                         return
                     self.policy.swap(snapshot)
-                    log.info("policy in force: revision %s", getattr(snapshot, "revision", "?"))
+                    p = snapshot.policy
+                    log.info(
+                        "policy in force: %d profiles, %d devices, %d schedules, %d overrides",
+                        len(p.profiles),
+                        len(p.devices),
+                        len(p.schedules),
+                        len(p.overrides),
+                    )
 
         self._rebuilding = asyncio.ensure_future(run())
 
@@ -214,7 +238,8 @@ class Agent:
             if time.monotonic() >= next_seen:
                 next_seen = time.monotonic() + SEEN_FLUSH_SECONDS
                 self._flush_seen()
-        self.store.database.close()
+        if self.store is not None:
+            self.store.database.close()
 
     def _flush_seen(self) -> None:
         """In the watcher thread: store the clients seen since the last flush, and warn once when
@@ -223,6 +248,8 @@ class Agent:
         async def drain():  # SeenClients is the loop's: drain it there
             return self.seen.drain()
 
+        if self.store is None:
+            return
         try:
             batch = asyncio.run_coroutine_threadsafe(drain(), self._loop).result(timeout=5)
             rows = [
@@ -245,6 +272,8 @@ class Agent:
             )
 
     def _revision(self) -> int | None:
+        if self.store is None:
+            return None
         try:
             return self.store.revision()
         except Exception as exc:

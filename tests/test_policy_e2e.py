@@ -359,3 +359,37 @@ def test_clients_seen_are_recorded_for_the_admin_page(start):
     seen = {d.ip: d.queries for d in store_of(server).seen_devices()}
     assert set(seen) == {KID, UNKNOWN} and all(n >= 1 for n in seen.values())
     assert [d.ip for d in store_of(server).unassigned_devices()] == [UNKNOWN]
+
+
+def test_a_damaged_policy_database_still_filters_with_the_default_profile(
+    tmp_path, upstream, lists
+):
+    data = tmp_path / "damaged"
+    data.mkdir()
+    (data / "safenest.db").write_bytes(b"this is not a database\x00" * 100)
+    settings = {
+        "dns": ["127.0.0.1:0"],
+        "upstream": [upstream.address],
+        "blocklists_dir": str(lists),
+    }
+    server = RunningSafeNest(data, settings)
+    try:
+        assert ede(ask(server, "chat.test", client=KID)) is None  # Lan is unknown now: 12+
+        assert ede(ask(server, "social.test", client=KID)) == "category=social_networks min_age=16+"
+        assert ask(server, "www.google.com", client=KID).answer[0].rdtype == dns.rdatatype.CNAME
+    finally:
+        server.stop()
+
+
+def test_a_wall_clock_jump_makes_the_policy_look_at_the_time_again(start):
+    server = start()
+    policy = server.agent.policy
+    query = dns.message.make_query("chat.test", "A", use_edns=0)
+    dns.query.udp(query, server.host, port=server.port, source=TEEN, timeout=5)
+    assert server.call(len, server.agent.server.replay) == 1
+    # As if NTP had moved the clock by an hour since the decisions were made.
+    server.call(setattr, policy, "wall_offset", policy.wall_offset - 3600)
+    assert wait_for(
+        lambda: server.call(lambda: abs(policy.wall_offset - (time.time() - time.monotonic())) < 1)
+    )
+    assert server.call(len, server.agent.server.replay) == 0  # nothing decided before is reused
