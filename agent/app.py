@@ -42,6 +42,7 @@ log = logging.getLogger("safenest")
 
 POLICY_POLL_SECONDS = 0.5  # the policy database's revision is read this often (a change acts within 2 s)
 CLOCK_JUMP_SECONDS = 1.0  # a wall-clock step larger than this re-evaluates the schedules
+REBUILD_RETRY_SECONDS = 5.0  # after a failed policy rebuild (e.g. the database was locked)
 SEEN_FLUSH_SECONDS = 60.0  # the clients seen are written to the database this often
 
 
@@ -184,7 +185,8 @@ class Agent:
                     try:
                         snapshot = await asyncio.to_thread(self._policy_snapshot, lists)
                     except Exception as exc:
-                        log.error("cannot rebuild the policy, keeping the one in force: %s", exc)
+                        log.error("cannot rebuild the policy, keeping the one in force (retrying in %g s): %s", REBUILD_RETRY_SECONDS, exc)
+                        self._loop.call_later(REBUILD_RETRY_SECONDS, self.rebuild_policy)
                         return
                     self.policy.swap(snapshot)
                     p = snapshot.policy
