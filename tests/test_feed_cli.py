@@ -170,4 +170,4 @@ def test_safenest_command_has_the_feed_group():
     if "feed" not in cli.main.commands:
         pytest.skip("agent/cli.py does not register the feed group yet (main.add_command(feed))")
     assert cli.main.commands["feed"] is feed
-    assert set(feed.commands) == {"keygen", "build", "verify"}
+    assert set(feed.commands) == {"keygen", "build", "verify", "default"}
