@@ -771,3 +771,21 @@ def test_real_lists_bad_lines_counted_and_built(tmp_path, opened):
     assert len(ix) == report.domains > 200_000
     m = ix.lookup_text("m.www.188BETCN2.com")
     assert m is not None and m.categories == ("gambling",)
+
+
+def test_a_domain_on_both_kinds_of_list_keeps_its_block_lists(tmp_path, opened):
+    # lookup() lets the allow list win; matches() also gives the block lists, for profiles
+    # the allow list does not apply to (sex_education is allowed from 12, adult is blocked).
+    srcs = write_lists(tmp_path / "l", {
+        "adult.txt": ["sexed.example", "porn.example"],
+        "sex_education.allow.txt": ["sexed.example"],
+    })
+    build_index(srcs, tmp_path / "i.bin")
+    ix = opened(tmp_path / "i.bin")
+    assert listed_set(ix, "www.sexed.example") == ("sexed.example", "allow", ("sex_education",))
+    got = [(m.listed, m.kind, m.categories, m.sources) for m in ix.matches(to_wire("www.sexed.example"))]
+    assert got == [
+        ("sexed.example", "allow", ("sex_education",), ("l/sex_education.allow.txt",)),
+        ("sexed.example", "block", (A,), ("l/adult.txt",)),
+    ]
+    assert [m.kind for m in ix.matches(to_wire("porn.example"))] == ["block"]

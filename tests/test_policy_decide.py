@@ -97,11 +97,6 @@ def test_categories_by_band(snap, name, profile, reason):
     assert d.profile == profile
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the index keeps only the allow lists of a domain listed in both an allow and a block "
-    "list (agent/index/build.py _describe), so the block is lost where the allow list does not apply",
-)
 def test_a_domain_on_both_an_allow_and_a_block_list(snap):
     s = snap()
     assert decide(s, "sexed.example", MINH).reason == SEXED

@@ -145,11 +145,23 @@ class _Sets:
 
 
 def _describe(members: frozenset[int], sources: Sequence[Source]) -> dict:
-    """The table entry of a set of sources: allow lists beat block lists."""
-    allow = [j for j in members if sources[j].kind == "allow"]
-    chosen = allow or sorted(members)
+    """The table entry of a set of sources: allow lists beat block lists.
+
+    A domain on both kinds of list keeps its block lists too, under "blocks": an allow list
+    may apply to some profiles only (sex_education from 12+), and below that age the block
+    (adult) must still hold.
+    """
+    allow = sorted(j for j in members if sources[j].kind == "allow")
+    block = sorted(j for j in members if sources[j].kind == "block")
+    entry = _entry("allow" if allow else "block", allow or block, sources)
+    if allow and block:
+        entry["blocks"] = _entry("block", block, sources)
+    return entry
+
+
+def _entry(kind: str, chosen: list[int], sources: Sequence[Source]) -> dict:
     return {
-        "kind": "allow" if allow else "block",
+        "kind": kind,
         "categories": sorted({sources[j].category for j in chosen}),
         "sources": sorted({sources[j].label for j in chosen}),
     }

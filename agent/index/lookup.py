@@ -82,6 +82,14 @@ def layout(slots: int) -> tuple[int, int, int]:
     return keys_off, sids_off, meta_off
 
 
+def _proto(entry: dict) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """(kind, categories, sources) of a set-table entry, as a Match takes them."""
+    kind = entry["kind"]
+    if kind not in ("block", "allow"):
+        raise IndexFormatError(f"bad kind {kind!r} in set table")
+    return (kind, tuple(sorted(entry["categories"])), tuple(sorted(entry["sources"])))
+
+
 def _closed_lookup(wire_name: bytes) -> Match | None:
     raise ValueError("lookup on a closed DomainIndex")
 
@@ -167,13 +175,13 @@ class DomainIndex:
                  path: Path | None, owner: object = None) -> None:
         sets = meta.get("sets", [])
         protos = []
+        also_blocked: dict[int, tuple] = {}  # set id -> the block lists of a domain also allowed
         allow = bytearray()
-        for entry in sets:
-            kind = entry["kind"]
-            if kind not in ("block", "allow"):
-                raise IndexFormatError(f"bad kind {kind!r} in set table")
-            protos.append((kind, tuple(sorted(entry["categories"])), tuple(sorted(entry["sources"]))))
-            allow.append(kind == "allow")
+        for sid, entry in enumerate(sets):
+            protos.append(_proto(entry))
+            allow.append(entry["kind"] == "allow")
+            if "blocks" in entry:
+                also_blocked[sid] = _proto(entry["blocks"])
         self._keys = keys
         self._sids = sids
         self._owner = owner  # the mmap (or arrays) behind keys/sids
@@ -183,6 +191,7 @@ class DomainIndex:
         self.path = path
         self.categories = frozenset(meta.get("categories", ()))
         self._protos = tuple(protos)
+        self._also_blocked = also_blocked
         self._extra = 1 if flags & FLAG_SINGLE_LABEL else 0
         self.lookup = _make_lookup(
             keys, sids, slots - 1, bytes(allow), self._protos, bool(self._extra)
@@ -288,7 +297,8 @@ class DomainIndex:
 
         No precedence is applied: this is for explanations, and for callers that filter
         block categories per profile (the most specific blocked suffix may be in a category
-        that is not blocked while a parent is listed in one that is).
+        that is not blocked while a parent is listed in one that is). A suffix listed on both
+        an allow and a block list gives two matches, the allow one first.
         """
         keys, sids = self._keys, self._sids
         if keys is None:
@@ -309,7 +319,12 @@ class DomainIndex:
             i = hv & mask
             while k := keys[i]:
                 if k == hv:
-                    out.append(Match(_suffix_text(wire_name, pos, end), *self._protos[sids[i]]))
+                    listed = _suffix_text(wire_name, pos, end)
+                    sid = sids[i]
+                    out.append(Match(listed, *self._protos[sid]))
+                    blocked = self._also_blocked.get(sid)
+                    if blocked is not None:  # listed on both kinds: the allow first, then the block
+                        out.append(Match(listed, *blocked))
                     break
                 i = (i + 1) & mask
             pos = nxt
