@@ -523,3 +523,24 @@ def test_deleting_a_profiles_history_leaves_the_others(open_log):
     assert [p.profile for p in ql.store.statistics(NOW)["24h"].profiles] == ["teen"]
     terms = {row[0] for row in ql.store.conn.execute("SELECT text FROM terms")}
     assert "kid" not in terms
+
+
+def test_a_purged_name_is_nowhere_in_the_files_any_more(open_log, tmp_path):
+    ql = open_log(flush_seconds=0.1)
+    ql.start()
+    ql.record("192.168.1.20", "secret-diary-site.example", 1, AnswerKind.CACHED, "", "kid")
+    ql.record(
+        "192.168.1.20", "homework-help.example", 1, AnswerKind.BLOCKED, "category=adult", "kid"
+    )
+    wait_until(lambda: ql.written == 2, "the writes")
+    ql.store.roll_up(hour_of(NOW) + 1)
+
+    def file_bytes() -> bytes:
+        return b"".join(
+            p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("querylog.db")
+        )
+
+    assert b"secret-diary-site" in file_bytes()
+    assert ql.set_privacy("hide_allowed", "kid")
+    assert b"secret-diary-site" not in file_bytes()  # not in free pages, not in the WAL
+    assert b"homework-help" in file_bytes()  # a block is still logged at this level

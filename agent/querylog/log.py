@@ -46,6 +46,8 @@ PRUNE_EVERY = 3_600.0  # seconds between two retention prunes
 STEPS_PER_CYCLE = 10  # deleting batches run between two looks at the queue
 ERROR_LOG_EVERY = 60.0  # at most one log line a minute about failing writes
 COMMAND_WAIT = 60.0  # how long set_privacy()/delete_profile() wait for the writer
+YIELD_EVERY = 256  # entries the writer handles before it lets another thread take the GIL
+NAME_TEXTS = 20_000  # wire name -> text conversions remembered (a household repeats names)
 
 
 def stricter(new: str, old: str) -> bool:
@@ -107,6 +109,7 @@ class QueryLog:
         self.in_write = False  # the writer is inside a write (the tests watch it)
         self._last_error_log = -ERROR_LOG_EVERY
         self._rolled_up_until: int | None = None
+        self._name_texts: dict[bytes, str] = {}
         self._flushed_at: float | None = None  # clock() when the last successful flush began
         self._next_prune = 0.0
         # Privacy: the profiles' own levels and the global one, as applied.
@@ -253,22 +256,42 @@ class QueryLog:
         counted: list[Entry] = []
         raw: list[Entry] = []
         levels, default = self._levels, self._global
-        for item in batch:
+        texts = self._name_texts
+        for i, item in enumerate(batch):
+            if not i % YIELD_EVERY:
+                time.sleep(0)  # let the DNS thread have the GIL between slices of this work
             try:
-                entry = Entry._make(item)
-                level = levels.get(entry.profile, default)
+                when, client, device, profile, name, qtype, kind, reason, upstream, latency = item
+                level = levels.get(profile, default)
                 if level == "off":
                     continue
-                if isinstance(entry.name, bytes):
-                    entry = entry._replace(name=name_to_text(entry.name))
-                entry = entry._replace(time=float(entry.time), qtype=int(entry.qtype))
+                keep = level == "full" or (
+                    level == "hide_allowed" and kind in KINDS_KEPT_WHEN_HIDING
+                )
+                if keep and name.__class__ is bytes:
+                    text = texts.get(name)
+                    if text is None:
+                        if len(texts) >= NAME_TEXTS:
+                            texts.clear()
+                        text = texts[name] = name_to_text(name)
+                    name = text
+                entry = Entry(
+                    float(when),
+                    client,
+                    device,
+                    profile,
+                    name,
+                    int(qtype),
+                    kind,
+                    reason,
+                    upstream,
+                    latency,
+                )
             except (TypeError, ValueError):
                 self.rejected += 1
                 continue
             counted.append(entry)
-            if level == "full" or (
-                level == "hide_allowed" and entry.kind in KINDS_KEPT_WHEN_HIDING
-            ):
+            if keep:
                 raw.append(entry)
         return counted, raw
 

@@ -41,6 +41,7 @@ import sqlite_utils
 from .db import Database, Migration
 
 TOP_NAMES = 20  # names kept per rollup key and hour
+YIELD_EVERY = 256  # rows built between two offers of the GIL to other threads
 BATCH = 1_000  # rows per deleting statement
 SEQ_BITS = 12  # ids: time in ms << SEQ_BITS | sequence
 SEQ_MASK = (1 << SEQ_BITS) - 1
@@ -285,8 +286,11 @@ class QueryLogStore:
                 self._forget_ids()  # another connection may have deleted names or terms
                 self._data_version = version
             term, name_id = self._term, self._name
+            categories = {reason: category_of(reason) for reason in {e.reason for e in counted}}
             rows = []
-            for e in raw:  # in the order recorded: the ids keep it
+            for i, e in enumerate(raw):  # in the order recorded: the ids keep it
+                if not i % YIELD_EVERY:
+                    time.sleep(0)  # the DNS thread may want the GIL: give it a turn
                 row_id = self._last_id = self._next_id(e.time)
                 rows.append(
                     (
@@ -297,7 +301,7 @@ class QueryLogStore:
                         name_id(e.name) if e.name else None,
                         e.qtype,
                         KIND_CODE.get(e.kind, 0),
-                        term(category_of(e.reason)),
+                        term(categories.get(e.reason) or category_of(e.reason)),
                         term(e.reason),
                         term(e.upstream),
                         max(0, round(e.latency_ms * 1000)),
@@ -312,15 +316,13 @@ class QueryLogStore:
                     conn.execute(sql, (row_id, *row[1:]))
             else:
                 conn.executemany(sql, rows)
-            counts = Counter(
-                (
-                    hour_of(e.time),
-                    term(e.profile) or 0,
-                    KIND_CODE.get(e.kind, 0),
-                    term(category_of(e.reason)) or 0,
-                )
-                for e in counted
+            # Count by the texts first: a batch has few distinct keys, so few id lookups.
+            by_text = Counter(
+                (int(e.time // 3600), e.profile, e.kind, categories[e.reason]) for e in counted
             )
+            counts = Counter()
+            for (hour, profile, kind, category), n in by_text.items():
+                counts[(hour, term(profile) or 0, KIND_CODE.get(kind, 0), term(category) or 0)] += n
             conn.executemany(
                 "INSERT INTO rollups VALUES (?,?,?,?,?) ON CONFLICT (hour, profile, kind, category)"
                 " DO UPDATE SET queries = queries + excluded.queries",
@@ -451,14 +453,23 @@ class QueryLogStore:
             kept = sorted(KIND_CODE[k] for k in KINDS_KEPT_WHEN_HIDING)
             what += f" AND kind NOT IN ({','.join('?' * len(kept))})"
             params += kept
-        yield from self._delete_queries(what, params)
-        yield from self._delete_keyed("rollup_top", what, params)
-        if level == "off":
-            yield from self._delete_keyed("rollups", who, ids)
-        yield self.forget_unused()
+        conn = self.conn
+        # Zero what is deleted instead of leaving it in free space: the point is that it is gone.
+        secure = conn.execute("PRAGMA secure_delete").fetchone()[0]
+        conn.execute("PRAGMA secure_delete=ON")
+        try:
+            yield from self._delete_queries(what, params)
+            yield from self._delete_keyed("rollup_top", what, params)
+            if level == "off":
+                yield from self._delete_keyed("rollups", who, ids)
+            yield self.forget_unused()
+        finally:
+            conn.execute(f"PRAGMA secure_delete={int(secure)}")
+        # Copy the zeroed pages into the file and empty the WAL, which still holds old pages.
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def delete_profile(self, profile: str) -> Iterator[int]:
-        """Every raw row, count and top name of one profile."""
+        """Every raw row, count and top name of one profile (zeroed, as for a purge)."""
         yield from self.purge("off", [profile])
 
     def forget_unused(self) -> int:
