@@ -33,7 +33,7 @@ from .dns.steps.policy import Policy
 from .dns.steps.special_queries import SpecialQueries
 from .dns.upstream import Forwarder
 from .feed.schedule import FeedSync
-from .lists import compile_lists, last_good, load_snapshot
+from .lists import compile_lists, last_good, load_lists
 from .settings import Settings
 from .storage.policy_store import open_policy_store
 from .upstreams import choose_upstreams
@@ -93,7 +93,7 @@ class Agent:
         # Start from the lists compiled last time, if any, so DNS is filtering at once;
         # the fresh compile runs in the background and is swapped in.
         saved = last_good(s.data)
-        self.lists = saved or load_snapshot(s.blocklists_dir, s.data)
+        self.lists = saved or load_lists(s.blocklists_dir, s.data)
         self._need_compile = saved is not None
         self.store = _open_store(s.data)
         self._revision_built = self._revision()  # read before the policy: a later write is seen

@@ -131,7 +131,7 @@ def explain(domain, client, at, qtype, config, data) -> None:
 
     from .app import policy_snapshot
     from .index import normalize_domain, to_wire
-    from .lists import last_good, load_snapshot
+    from .lists import last_good, load_lists
     from .policy.decision import decide
     from .storage.policy_store import open_policy_store
 
@@ -146,7 +146,7 @@ def explain(domain, client, at, qtype, config, data) -> None:
             raise click.BadParameter(f"{client!r} is not an IP address", param_hint="--client") from None
     rtype = _parse_type(qtype)
     _setup_logging("warning")
-    lists = last_good(settings.data) or load_snapshot(settings.blocklists_dir, settings.data)
+    lists = last_good(settings.data) or load_lists(settings.blocklists_dir, settings.data)
     if lists.label == "none":
         raise click.ClickException("no block lists could be compiled or loaded, so nothing can be explained")
     try:

@@ -13,22 +13,20 @@ Each list carries a category label in the index: the category id, or ``id@band``
 :func:`criteria_in_force` gives every category known and its age.
 
 The resolver's policy engine (agent/policy/) decides per profile from these labels and
-:func:`criteria_in_force`. The :class:`Snapshot` returned here, for the callers of
-:func:`agent.policy.decide`, keeps the policy of a 17-year-old: it blocks the labels whose
-effective min_age is ``always`` or ``18+`` (and labels of unknown age, such as a top-level file
-of a category not in the table), so the age-dependent categories (``social_networks``,
-``messaging``, ...) are listed but not blocked; an allow list beats any block.
+:func:`criteria_in_force`: what is blocked depends on the profile's age band. This module only
+compiles and loads the index; it returns it as :class:`CompiledLists` (the index and a label
+naming where it came from).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .index import DomainIndex, Source, build_in_subprocess, bundled_dir, sources_in
-from .policy import Snapshot
 
 if TYPE_CHECKING:
     from .feed.format import Category
@@ -39,8 +37,13 @@ INDEX_FILE = "lists.idx"
 FEEDS_DIR = "feeds"
 KEYS_DIR = "keys"
 
-# Until the policy engine is wired in, every label is blocked but these ages (a 17-year-old's policy).
-NOT_BLOCKED_AGES = frozenset({"00+", "12+", "16+", "off"})
+
+@dataclass(frozen=True, slots=True)
+class CompiledLists:
+    """The index in force and where it came from (the lists folder, "... (last good)" or "none")."""
+
+    index: DomainIndex
+    label: str
 
 
 def feeds_dir(data_dir: str | os.PathLike) -> Path:
@@ -73,23 +76,6 @@ def criteria_in_force(data_dir: str | os.PathLike) -> dict[str, Category]:
         for category in feed.manifest.categories:
             table[category.id] = category
     return table
-
-
-def label_age(label: str, criteria: dict[str, Category]) -> str | None:
-    """The effective min_age of an index label (``id`` or ``id@band``); None if unknown."""
-    category_id, _, band = label.partition("@")
-    if band:
-        return band
-    category = criteria.get(category_id)
-    return category.min_age if category is not None else None
-
-
-def blocked_today(labels, criteria: dict[str, Category]) -> frozenset[str]:
-    """The labels blocked for every client until the policy engine is wired in: min_age
-    ``always`` or ``18+``, or unknown (fail closed)."""
-    return frozenset(
-        label for label in labels if label_age(label, criteria) not in NOT_BLOCKED_AGES
-    )
 
 
 def _list_label(manifest, lst) -> str:
@@ -158,7 +144,7 @@ def _direct_sources(source_dir: Path, default) -> list[Source]:
     return [s for s in top if s.path.resolve() in left_out]
 
 
-def compile_lists(blocklists_dir: str, data_dir: str | Path) -> Snapshot:
+def compile_lists(blocklists_dir: str, data_dir: str | Path) -> CompiledLists:
     """Compile every list in force into the on-disk index (in a child process) and open it.
 
     Builds the default feed first when the lists folder changed (never fails because of it).
@@ -190,46 +176,30 @@ def compile_lists(blocklists_dir: str, data_dir: str | Path) -> Snapshot:
     for label, skipped in sorted(report.skipped_lines.items()):
         if skipped:
             log.warning("%s: skipped %d lines that are not domain names", label, skipped)
-    return _snapshot(DomainIndex.open(target), data_dir, f"{source_dir}")
+    return CompiledLists(DomainIndex.open(target), f"{source_dir}")
 
 
-def _snapshot(index: DomainIndex, data_dir: str | Path, label: str) -> Snapshot:
-    """Today's snapshot of an index: the labels that apply to every child are blocked."""
-    try:
-        criteria = criteria_in_force(data_dir)
-    except Exception as exc:  # unreadable feeds must not stop DNS: fall back to the defaults
-        from .feed.categories import DEFAULT_CATEGORIES
-
-        log.error(
-            "cannot read the categories of the feeds in force (%s); using the default ages", exc
-        )
-        criteria = {c.id: c for c in DEFAULT_CATEGORIES}
-    return Snapshot(
-        index, blocked_categories=blocked_today(index.categories, criteria), label=label
-    )
-
-
-def last_good(data_dir: str | Path) -> Snapshot | None:
+def last_good(data_dir: str | Path) -> CompiledLists | None:
     """The index compiled last time, if it is still readable."""
     path = index_path(data_dir)
     if not path.exists():
         return None
     try:
-        return _snapshot(DomainIndex.open(path), data_dir, f"{path} (last good)")
+        return CompiledLists(DomainIndex.open(path), f"{path} (last good)")
     except Exception as exc:  # a corrupt file must not stop DNS from starting
         log.error("cannot use the saved lists %s: %s", path, exc)
         return None
 
 
-def load_snapshot(blocklists_dir: str, data_dir: str | Path) -> Snapshot:
+def load_lists(blocklists_dir: str, data_dir: str | Path) -> CompiledLists:
     """Compile the lists now; if that fails, the last good copy; failing that, block nothing (and say so)."""
     try:
         return compile_lists(blocklists_dir, data_dir)
     except Exception as exc:
         log.error("cannot compile the block lists: %s", exc)
-    snapshot = last_good(data_dir)
-    if snapshot is not None:
+    saved = last_good(data_dir)
+    if saved is not None:
         log.warning("using the lists compiled last time")
-        return snapshot
+        return saved
     log.error("no block lists are in force: every name is allowed until the lists compile")
-    return Snapshot(DomainIndex.empty(), label="none")
+    return CompiledLists(DomainIndex.empty(), "none")

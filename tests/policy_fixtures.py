@@ -1,5 +1,6 @@
 """Small, real inputs for the policy tests: list files compiled into a DomainIndex, the default
-criteria table, a tiny catalogue of the same shape as agent/policy/catalogue.py's, a family."""
+criteria table, a tiny catalogue of the same shape as agent/policy/catalogue.py's, a family, and
+`decide_as` to ask the real policy engine about compiled lists."""
 
 from __future__ import annotations
 
@@ -119,3 +120,16 @@ def family_policy(**changes) -> Policy:
 
 def q(name: str) -> bytes:
     return to_wire(name)
+
+
+def decide_as(lists, data_dir, name: str, band: str = "16+", qtype: int = 1) -> tuple[bool, str]:
+    """(blocked, reason) for `name` asked by a child of `band`, decided by the real policy engine
+    over `lists` (agent.lists.CompiledLists) and the criteria in force under `data_dir`, exactly
+    as the resolver builds it (agent.app.policy_snapshot, the real services catalogue)."""
+    from agent.app import policy_snapshot
+    from agent.policy import decide
+
+    child = Profile("child", "Child", band=band)
+    snapshot = policy_snapshot(Policy(profiles=(child,), default_profile=child.id), lists, data_dir)
+    d = decide(to_wire(name), qtype, child, NOW, snapshot)
+    return d.blocked, d.reason

@@ -21,9 +21,8 @@ import dns.rcode
 import pytest
 
 from agent.feed.extra import parse_spec, read_source_status, sources_in_force, sync_sources
-from agent.index import to_wire
 from agent.lists import compile_lists
-from agent.policy import decide
+from tests.policy_fixtures import decide_as
 from tests.test_feed_sync import Server
 
 SHARED_LISTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "lists"
@@ -85,11 +84,6 @@ def sync(specs, data: Path, **kw):
     return sync_sources(specs, data, **kw)
 
 
-def blocked(snapshot, name: str) -> tuple[bool, str]:
-    d = decide(to_wire(name), snapshot)
-    return d.blocked, d.reason
-
-
 def stored(data: Path, url: str, kind: str) -> list[str]:
     (folder,) = [
         p
@@ -121,27 +115,40 @@ def test_hosts_plain_and_adblock_lines_with_exceptions_and_wildcards(www, bundle
     assert status["last_success"]["result"] == "accepted" and "last_error" not in status
 
     # Compiled into the index with a label naming the URL, next to the default feed.
-    snapshot = compile_lists(str(bundled), data)
-    assert blocked(snapshot, "www.casino2.test") == (True, "category=gambling")
-    assert blocked(snapshot, "a.b.wild2.test") == (True, "category=gambling")
-    assert blocked(snapshot, "bundled-bet.test") == (True, "category=gambling")
-    assert snapshot.index.lookup_text("casino2.test").sources == (f"source {url}",)
-    assert blocked(snapshot, "learn.casino1.test") == (
-        False,
-        "allowlist=gambling",
-    )  # @@ beats block
-    assert blocked(snapshot, "casino1.test") == (True, "category=gambling")
+    compiled = compile_lists(str(bundled), data)
+    gambling = (True, "category=gambling min_age=18+")
+    for band in ("16+", "00+"):
+        assert decide_as(compiled, data, "www.casino2.test", band) == gambling
+        assert decide_as(compiled, data, "a.b.wild2.test", band) == gambling
+        assert decide_as(compiled, data, "bundled-bet.test", band) == gambling
+        assert decide_as(compiled, data, "casino1.test", band) == gambling
+    assert compiled.index.lookup_text("casino2.test").sources == (f"source {url}",)
+    # The @@ exception is indexed as the gambling allow list, which applies only where gambling
+    # is not blocked (an adult): for a child the listed parent casino1.test still decides.
+    assert compiled.index.lookup_text("learn.casino1.test").kind == "allow"
+    assert decide_as(compiled, data, "learn.casino1.test", "18+") == (False, "allowlist=gambling")
+    assert decide_as(compiled, data, "learn.casino1.test", "16+") == gambling
 
 
-def test_an_age_category_is_listed_but_not_blocked_today(www, bundled, tmp_path):
+def test_an_age_category_applies_by_the_profiles_band(www, bundled, tmp_path):
     data = tmp_path / "var"
     social = www.put("social.txt", "social.test\n")
     games = www.put("games.txt", "||game18.test^\n")
     results = sync([f"social_networks={social}", f"online_games@18+={games}"], data)
     assert [r.result for r in results] == ["accepted", "accepted"]
-    snapshot = compile_lists(str(bundled), data)
-    assert blocked(snapshot, "social.test") == (False, "category-not-blocked")
-    assert blocked(snapshot, "game18.test") == (True, "category=online_games@18+")
+    compiled = compile_lists(str(bundled), data)
+    # Social networks are 16+: open to a 16+ child, blocked for a 9-year-old.
+    assert decide_as(compiled, data, "social.test", "16+") == (False, "default")
+    assert decide_as(compiled, data, "social.test", "00+") == (
+        True,
+        "category=social_networks min_age=16+",
+    )
+    # The source's own age (online_games is 12+) makes it 18+: blocked for both.
+    for band in ("16+", "00+"):
+        assert decide_as(compiled, data, "game18.test", band) == (
+            True,
+            "category=online_games min_age=18+",
+        )
 
 
 def test_garbage_within_the_budget_is_skipped_and_counted(www, tmp_path):
@@ -177,9 +184,9 @@ def test_garbage_beyond_the_budget_rejects_the_source_and_keeps_the_last_good(
         and status["last_success"]["result"] == "accepted"
     )
     assert status["entries"] == 2
-    snapshot = compile_lists(str(bundled), data)
-    assert blocked(snapshot, "good1.test") == (True, "category=adult")
-    assert blocked(snapshot, "n1.test") == (False, "allowed")
+    compiled = compile_lists(str(bundled), data)
+    assert decide_as(compiled, data, "good1.test") == (True, "category=adult min_age=18+")
+    assert decide_as(compiled, data, "n1.test", "00+") == (False, "default")
     # An empty list is refused as well (a list that moved away).
     www.put("list.txt", "# nothing here\n")
     assert sync([f"adult={url}"], data)[0].reason == "empty"
@@ -302,13 +309,14 @@ def test_bad_specs_unknown_categories_and_removed_sources(www, bundled, tmp_path
     ]
     assert "expected CATEGORY=URL" in results[0].message
     assert [s.label for s in sources_in_force(data)] == [f"source {url}"]
-    assert blocked(compile_lists(str(bundled), data), "x.test") == (True, "category=gambling")
+    compiled = compile_lists(str(bundled), data)
+    assert decide_as(compiled, data, "x.test", "00+") == (True, "category=gambling min_age=18+")
     # Removed from the setting: dropped at the next sync, and from the index.
     (r,) = sync([], data)
     assert (r.result, r.url) == ("removed", url)
     assert sources_in_force(data) == []
     assert json.loads((data / "sources" / "status.json").read_text())["sources"] == {}
-    assert blocked(compile_lists(str(bundled), data), "x.test") == (False, "allowed")
+    assert decide_as(compile_lists(str(bundled), data), data, "x.test", "00+") == (False, "default")
 
 
 @pytest.mark.skipif(not (SHARED_LISTS / "hostsVN").is_dir(), reason="third-party lists not present")

@@ -1,7 +1,8 @@
 """The default feed built on the Pi from the lists folder, and the index of every list in force.
 
 Real files everywhere: a lists folder in tmp_path (top folder and ``age/``), the real key,
-builder, verifier and store, the index compiled in a child process, and ``decide`` on it.
+builder, verifier and store, the index compiled in a child process, and the real policy engine
+deciding on it for a child of a given age band (tests/policy_fixtures.py ``decide_as``).
 """
 
 from __future__ import annotations
@@ -20,14 +21,9 @@ from agent.feed.default import PUBLISHER_ID, VALID_DAYS, ensure_default_feed
 from agent.feed.format import Category, Names
 from agent.feed.sign import generate_key
 from agent.feed.sync import feeds_in_force, sync_feed
-from agent.index import bundled_dir, to_wire
-from agent.lists import compile_lists, criteria_in_force, last_good, load_snapshot
-from agent.policy import decide
-
-
-def decision(snapshot, name: str) -> tuple[bool, str]:
-    d = decide(to_wire(name), snapshot)
-    return d.blocked, d.reason
+from agent.index import bundled_dir
+from agent.lists import compile_lists, criteria_in_force, last_good, load_lists
+from tests.policy_fixtures import decide_as
 
 
 @pytest.fixture
@@ -50,7 +46,7 @@ def in_force(data: Path) -> dict[str, int]:
 
 def test_first_run_builds_signs_and_pins_the_default_feed(lists, tmp_path):
     data = tmp_path / "var"
-    snapshot = compile_lists(str(lists), data)
+    compiled = compile_lists(str(lists), data)
     assert in_force(data) == {PUBLISHER_ID: 1}
     (feed,) = feeds_in_force(data / "feeds")
     assert {lst.path for lst in feed.manifest.lists} == {
@@ -72,7 +68,7 @@ def test_first_run_builds_signs_and_pins_the_default_feed(lists, tmp_path):
     assert not list((data / "feeds").glob(".default-build-*"))  # the build folder is gone
 
     # Every list is indexed, with category labels (id@band for a list with its own age).
-    assert snapshot.index.categories == {
+    assert compiled.index.categories == {
         "gambling",
         "adult",
         "social_networks",
@@ -80,22 +76,34 @@ def test_first_run_builds_signs_and_pins_the_default_feed(lists, tmp_path):
         "online_games@18+",
         "sex_education",
     }
-    # Today's snapshot: what applies to every child (17) is blocked, the age categories are not.
-    assert snapshot.blocked_categories == {"gambling", "adult", "online_games@18+"}
-    assert decision(snapshot, "www.fb88.test") == (True, "category=gambling")
-    assert decision(snapshot, "game18.test") == (True, "category=online_games@18+")
-    assert decision(snapshot, "social.test") == (False, "category-not-blocked")
-    assert decision(snapshot, "game.test") == (False, "category-not-blocked")
-    assert decision(snapshot, "adult.test") == (True, "category=adult")
-    assert decision(snapshot, "learn.adult.test") == (
-        False,
-        "allowlist=sex_education",
-    )  # allow beats block
-    match = snapshot.index.lookup_text("fb88.test")
+    # Each list applies by the profile's age band: 18+ lists to every child, the age lists
+    # (social networks 16+, online games 12+) to the children under their age only.
+    expected = {
+        # name: (decision for a 16+ child, for a 00+ child)
+        "www.fb88.test": ((True, "category=gambling min_age=18+"),) * 2,
+        "game18.test": ((True, "category=online_games min_age=18+"),) * 2,  # the list's own age
+        "adult.test": ((True, "category=adult min_age=18+"),) * 2,
+        "social.test": ((False, "default"), (True, "category=social_networks min_age=16+")),
+        "game.test": ((False, "default"), (True, "category=online_games min_age=12+")),
+        # sex_education's allow list beats adult from 12+; a 9-year-old stays blocked.
+        "learn.adult.test": (
+            (False, "allowlist=sex_education"),
+            (True, "category=adult min_age=18+"),
+        ),
+        "other.test": ((False, "default"),) * 2,
+    }
+    for name, (sixteen, zero) in expected.items():
+        assert decide_as(compiled, data, name, "16+") == sixteen, name
+        assert decide_as(compiled, data, name, "00+") == zero, name
+    match = compiled.index.lookup_text("fb88.test")
     assert match.sources == (f"feed {PUBLISHER_ID} v1 lists/gambling.txt",)
-    # The saved index gives the same snapshot at the next start.
+    # The saved index gives the same decisions at the next start.
     saved = last_good(data)
-    assert saved.blocked_categories == snapshot.blocked_categories
+    assert saved.label == f"{data / 'lists.idx'} (last good)"
+    assert saved.index.categories == compiled.index.categories
+    for name, (sixteen, zero) in expected.items():
+        assert decide_as(saved, data, name, "16+") == sixteen, name
+        assert decide_as(saved, data, name, "00+") == zero, name
 
 
 def test_unchanged_lists_are_not_rebuilt_changed_ones_are(lists, tmp_path):
@@ -109,10 +117,10 @@ def test_unchanged_lists_are_not_rebuilt_changed_ones_are(lists, tmp_path):
     # An upgrade changes a bundled list: a new version, in force at once.
     with open(lists / "gambling.txt", "a") as f:
         f.write("new88.test\n")
-    snapshot = compile_lists(str(lists), data)
+    compiled = compile_lists(str(lists), data)
     assert in_force(data) == {PUBLISHER_ID: 2}
-    assert decision(snapshot, "new88.test") == (True, "category=gambling")
-    assert snapshot.index.lookup_text("new88.test").sources == (
+    assert decide_as(compiled, data, "new88.test") == (True, "category=gambling min_age=18+")
+    assert compiled.index.lookup_text("new88.test").sources == (
         f"feed {PUBLISHER_ID} v2 lists/gambling.txt",
     )
     # A new file counts as a change too, and so does a renamed one.
@@ -140,15 +148,20 @@ def test_a_failed_rebuild_keeps_the_last_good_default_feed(lists, tmp_path, capl
     (lists / "gambling.txt").write_text("fb88.test\nother.test\n")
     (lists / "categories.json").write_text("[not json")
     with caplog.at_level("ERROR", logger="safenest.feed.default"):
-        snapshot = compile_lists(str(lists), data)
+        compiled = compile_lists(str(lists), data)
     assert any("version 1 stays in force" in r.getMessage() for r in caplog.records)
     assert in_force(data) == {PUBLISHER_ID: 1}
-    assert decision(snapshot, "fb88.test") == (True, "category=gambling")  # the last good copy
-    assert decision(snapshot, "other.test") == (False, "allowed")
-    assert decision(snapshot, "social.test") == (False, "category-not-blocked")
+    gambling = (True, "category=gambling min_age=18+")
+    assert decide_as(compiled, data, "fb88.test") == gambling  # the last good copy
+    assert decide_as(compiled, data, "other.test") == (False, "default")
+    assert decide_as(compiled, data, "social.test") == (False, "default")
+    assert decide_as(compiled, data, "social.test", "12+") == (
+        True,
+        "category=social_networks min_age=16+",
+    )
     # Fixed: the next compile builds version 2.
     (lists / "categories.json").unlink()
-    assert decision(compile_lists(str(lists), data), "other.test") == (True, "category=gambling")
+    assert decide_as(compile_lists(str(lists), data), data, "other.test") == gambling
     assert in_force(data) == {PUBLISHER_ID: 2}
 
 
@@ -157,35 +170,39 @@ def test_a_lost_key_is_replaced_and_the_feed_rebuilt(lists, tmp_path):
     compile_lists(str(lists), data)
     old = feeds_in_force(data / "feeds")[0].manifest.publisher.key_id
     (data / "keys" / f"{PUBLISHER_ID}.key").unlink()
-    snapshot = compile_lists(str(lists), data)
+    compiled = compile_lists(str(lists), data)
     (feed,) = feeds_in_force(data / "feeds")
     assert feed.version == 2 and feed.manifest.publisher.key_id != old
-    assert decision(snapshot, "fb88.test") == (True, "category=gambling")
+    assert decide_as(compiled, data, "fb88.test") == (True, "category=gambling min_age=18+")
 
 
 def test_without_any_default_feed_the_top_folder_is_indexed_as_before(lists, tmp_path):
     data = tmp_path / "var"
     (lists / "categories.json").write_text("[not json")  # the very first build fails
-    snapshot = compile_lists(str(lists), data)
+    compiled = compile_lists(str(lists), data)
     assert in_force(data) == {}
-    assert decision(snapshot, "fb88.test") == (True, "category=gambling")
-    assert decision(snapshot, "adult.test") == (True, "category=adult")
-    assert decision(snapshot, "social.test") == (False, "allowed")  # age/ is not read then
-    assert snapshot.index.lookup_text("fb88.test").sources == ("blocklists/gambling.txt",)
+    assert decide_as(compiled, data, "fb88.test") == (True, "category=gambling min_age=18+")
+    assert decide_as(compiled, data, "adult.test") == (True, "category=adult min_age=18+")
+    # age/ is not read then: not even a 9-year-old is kept off social networks.
+    assert decide_as(compiled, data, "social.test", "00+") == (False, "default")
+    assert compiled.index.lookup_text("fb88.test").sources == ("blocklists/gambling.txt",)
 
 
 def test_files_of_unknown_categories_are_indexed_directly_and_blocked(lists, tmp_path):
     (lists / "school_rules.txt").write_text("homework-cheat.test\n")
     (lists / "my-list.txt").write_text("ignored.test\n")  # not a list name: ignored, as before
     data = tmp_path / "var"
-    snapshot = compile_lists(str(lists), data)
+    compiled = compile_lists(str(lists), data)
     (feed,) = feeds_in_force(data / "feeds")
     assert "lists/school_rules.txt" not in {lst.path for lst in feed.manifest.lists}
-    assert decision(snapshot, "homework-cheat.test") == (True, "category=school_rules")
-    assert snapshot.index.lookup_text("homework-cheat.test").sources == (
+    # A category of unknown age is taken as 18+ (fail closed): blocked for every child.
+    school_rules = (True, "category=school_rules min_age=18+")
+    assert decide_as(compiled, data, "homework-cheat.test", "16+") == school_rules
+    assert decide_as(compiled, data, "homework-cheat.test", "00+") == school_rules
+    assert compiled.index.lookup_text("homework-cheat.test").sources == (
         "blocklists/school_rules.txt",
     )
-    assert decision(snapshot, "ignored.test") == (False, "allowed")
+    assert decide_as(compiled, data, "ignored.test", "00+") == (False, "default")
 
 
 def test_an_empty_lists_folder_is_refused_and_the_last_good_index_kept(lists, tmp_path):
@@ -195,20 +212,27 @@ def test_an_empty_lists_folder_is_refused_and_the_last_good_index_kept(lists, tm
     empty.mkdir()
     with pytest.raises(FileNotFoundError):
         compile_lists(str(empty), data)
-    snapshot = load_snapshot(str(empty), data)
-    assert decision(snapshot, "fb88.test") == (True, "category=gambling")
+    compiled = load_lists(str(empty), data)
+    assert compiled.label.endswith("(last good)")
+    assert decide_as(compiled, data, "fb88.test") == (True, "category=gambling min_age=18+")
 
 
-def test_the_bundled_lists_build_and_keep_age_categories_unblocked(tmp_path):
-    snapshot = compile_lists("", tmp_path / "var")
-    assert in_force(tmp_path / "var") == {PUBLISHER_ID: 1}
+def test_the_bundled_lists_build_and_apply_their_age_categories_by_band(tmp_path):
+    data = tmp_path / "var"
+    compiled = compile_lists("", data)
+    assert in_force(data) == {PUBLISHER_ID: 1}
     top = {p.name.removesuffix(".txt") for p in bundled_dir().glob("*.txt")}
-    assert top <= snapshot.blocked_categories
+    assert top <= compiled.index.categories
     for category in ("social_networks", "messaging", "video_streaming", "online_games", "ai_chat"):
-        assert category in snapshot.index.categories
-        assert category not in snapshot.blocked_categories
-    assert decision(snapshot, "zalo.me")[0] is False
-    assert decision(snapshot, "fb88.com") == (True, "category=gambling")
+        assert category in compiled.index.categories
+    # Messaging is 12+: open to a 16+ child, blocked for a 9-year-old.
+    assert decide_as(compiled, data, "zalo.me", "16+") == (False, "default")
+    assert decide_as(compiled, data, "zalo.me", "00+") == (True, "category=messaging min_age=12+")
+    for band in ("16+", "00+"):
+        assert decide_as(compiled, data, "fb88.com", band) == (
+            True,
+            "category=gambling min_age=18+",
+        )
 
 
 # ---------------------------------------------------------------- criteria in force
@@ -265,13 +289,20 @@ def test_criteria_in_force_newest_publisher_wins_per_id(lists, tmp_path):
     assert criteria["homework_help"].min_age == "16+"
     assert set(criteria) == {c.id for c in DEFAULT_CATEGORIES} | {"homework_help"}
     # The default feed, built later, does not override the publishers.
-    snapshot = compile_lists(str(lists), data)
+    compiled = compile_lists(str(lists), data)
     assert set(in_force(data)) == {PUBLISHER_ID, "moet.gov.vn", "school.example.vn"}
     assert criteria_in_force(data)["social_networks"].min_age == "18+"
-    # Today's snapshot follows the criteria in force: social networks are 18+ now, so blocked.
-    assert decision(snapshot, "social.test") == (True, "category=social_networks")
-    assert decision(snapshot, "answers.test") == (False, "category-not-blocked")
-    assert decision(snapshot, "bet.test") == (True, "category=gambling")
+    # The decisions follow the criteria in force: social networks are 18+ now, so blocked at 16+.
+    assert decide_as(compiled, data, "social.test") == (
+        True,
+        "category=social_networks min_age=18+",
+    )
+    assert decide_as(compiled, data, "answers.test", "16+") == (False, "default")
+    assert decide_as(compiled, data, "answers.test", "12+") == (
+        True,
+        "category=homework_help min_age=16+",
+    )
+    assert decide_as(compiled, data, "bet.test") == (True, "category=gambling min_age=18+")
 
 
 def test_the_feed_default_command(lists, tmp_path, monkeypatch):
@@ -286,7 +317,10 @@ def test_the_feed_default_command(lists, tmp_path, monkeypatch):
     (lists / "school_rules.txt").write_text("x.test\n")
     run = CliRunner().invoke(main, ["feed", "default", "--data", str(data)])
     assert run.exit_code == 0, run.output
-    assert run.stdout == f"default feed {PUBLISHER_ID} built version 1 from {lists}: 6 lists, 6 names\n"
+    assert (
+        run.stdout
+        == f"default feed {PUBLISHER_ID} built version 1 from {lists}: 6 lists, 6 names\n"
+    )
     assert f"not in the feed: {lists / 'school_rules.txt'}" in run.stderr
     run = CliRunner().invoke(main, ["feed", "default", "--data", str(data)])
     assert run.stdout.startswith(f"default feed {PUBLISHER_ID} up to date: version 1 ")

@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from agent.policy import PolicyDecision, build_snapshot, decide_for_client, decide_policy
+from agent.policy import Decision, build_snapshot, decide_for_client
+from agent.policy import decide as decide_policy  # `decide` below is the tests' shorthand
 from agent.policy.model import Device, Override, Profile, Rule, Schedule
 from tests.policy_fixtures import (
     CATALOGUE,
@@ -46,7 +47,7 @@ def snap(index):
     return make
 
 
-def decide(snapshot, name, profile, now=NOW, qtype=A) -> PolicyDecision:
+def decide(snapshot, name, profile, now=NOW, qtype=A) -> Decision:
     return decide_policy(q(name), qtype, profile, now, snapshot)
 
 
