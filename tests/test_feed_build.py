@@ -183,7 +183,9 @@ def test_unreadable_previous_manifest_needs_an_explicit_version(src, tmp_path, k
     _, secret_path, _ = keys
     out = tmp_path / "out"
     write(out / "manifest.json", "{not json")
-    with pytest.raises(BuildError, match=r"cannot read the version of the feed already in .*pass a version"):
+    with pytest.raises(
+        BuildError, match=r"cannot read the version of the feed already in .*pass a version"
+    ):
         rebuild(src, out, secret_path)
     assert rebuild(src, out, secret_path, version=5).manifest.version == 5
 
@@ -193,17 +195,23 @@ def test_build_refuses_another_publishers_folder(src, tmp_path, keys):
     out = tmp_path / "out"
     other = generate_key("other.example", "Other")
     rebuild(src, out, other)
-    with pytest.raises(BuildError, match="holds a feed of publisher other.example, not test.example.vn"):
+    with pytest.raises(
+        BuildError, match="holds a feed of publisher other.example, not test.example.vn"
+    ):
         rebuild(src, out, secret_path)
 
 
 def test_build_errors(src, tmp_path, keys):
     _, secret_path, _ = keys
-    with pytest.raises(BuildError, match=r"src/sub/casino\.txt: unknown category 'casino' \(known: csam, malware,"):
+    with pytest.raises(
+        BuildError, match=r"src/sub/casino\.txt: unknown category 'casino' \(known: csam, malware,"
+    ):
         write(src / "sub" / "casino.txt", "a.com\n")
         rebuild(src, tmp_path / "out", secret_path)
     (src / "sub" / "casino.txt").unlink()
-    with pytest.raises(BuildError, match=r"src/Gambling\.txt: a list file is named <category>\.txt"):
+    with pytest.raises(
+        BuildError, match=r"src/Gambling\.txt: a list file is named <category>\.txt"
+    ):
         write(src / "Gambling.txt", "a.com\n")
         rebuild(src, tmp_path / "out", secret_path)
     (src / "Gambling.txt").unlink()
@@ -231,9 +239,20 @@ def test_strict_build_names_the_first_bad_line(src, tmp_path, keys):
 
 def test_categories_json_replaces_the_table(src, tmp_path, keys):
     _, secret_path, public_path = keys
-    table = [c.to_dict() for c in DEFAULT_CATEGORIES if c.id in ("gambling", "online_games", "sex_education")]
-    table.append({"id": "lottery", "names": {"vi": "Xổ số", "en": "Lottery"}, "min_age": "18+",
-                  "description": "Lottery results and tickets.", "basis": "Our school's policy."})
+    table = [
+        c.to_dict()
+        for c in DEFAULT_CATEGORIES
+        if c.id in ("gambling", "online_games", "sex_education")
+    ]
+    table.append(
+        {
+            "id": "lottery",
+            "names": {"vi": "Xổ số", "en": "Lottery"},
+            "min_age": "18+",
+            "description": "Lottery results and tickets.",
+            "basis": "Our school's policy.",
+        }
+    )
     write(src / "categories.json", json.dumps(table, ensure_ascii=False))
     write(src / "lottery.txt", "xoso.example.vn\n")
     m = rebuild(src, tmp_path / "out", secret_path).manifest
@@ -242,7 +261,9 @@ def test_categories_json_replaces_the_table(src, tmp_path, keys):
     assert verify(tmp_path / "out", public_path).lists[-1].path == "lists/lottery.txt"
     table[3]["min_age"] = "21+"
     write(src / "categories.json", json.dumps(table))
-    with pytest.raises(BuildError, match=r'src/categories\.json: categories\[3\]\.min_age: expected one of'):
+    with pytest.raises(
+        BuildError, match=r"src/categories\.json: categories\[3\]\.min_age: expected one of"
+    ):
         rebuild(src, tmp_path / "out2", secret_path)
 
 
@@ -263,22 +284,33 @@ def test_every_bundled_file_parses_cleanly_with_a_header():
         stats = ParseStats()
         domains = list(read_domains(path, stats))
         assert stats.bad == 0 and domains and len(domains) == len(set(domains)), path
-        header = "\n".join(line for line in path.read_text().splitlines() if line.startswith("#")).lower()
+        header = "\n".join(
+            line for line in path.read_text().splitlines() if line.startswith("#")
+        ).lower()
         category = path.name.split(".")[0]
         assert f"# category: {category}\n" in header + "\n", path
         for word in ("by hand", "public knowledge", "2026-11", "in:", "out:", "subdomains"):
             assert word in header, (path, word)
         if path.parent.name == "age":
-            assert "not read yet" in header and "by default" in header, path
+            # Each says its default age and for which profiles that blocks it, never "not yet".
+            assert "by default" in header and "default criteria feed" in header, path
+            assert "profile" in header and "not read yet" not in header, path
 
 
-def test_age_dependent_categories_are_not_blocked_today():
+def test_age_dependent_categories_are_in_age_and_the_top_folder_is_for_every_child():
     top = {s.category for s in feed_sources(BUNDLED) if s.path.parent == BUNDLED}
     age = {s.category for s in feed_sources(BUNDLED) if s.path.parent.name == "age"}
     by_id = {c.id: c.min_age for c in DEFAULT_CATEGORIES}
-    # Everything blocked for everyone today is "always" or adults-only.
+    # The top folder holds only "always" or adults-only categories: blocked for every child.
     assert all(by_id[c] in ("always", "18+") for c in top), top
-    for c in ("social_networks", "messaging", "online_games", "video_streaming", "ai_chat", "search_unsafe"):
+    for c in (
+        "social_networks",
+        "messaging",
+        "online_games",
+        "video_streaming",
+        "ai_chat",
+        "search_unsafe",
+    ):
         assert c in age and c not in top
     age_files = {p.name for p in (BUNDLED / "age").iterdir()}
     assert "sex_education.allow.txt" in age_files
@@ -307,7 +339,9 @@ def test_default_feed_builds_from_blocklists_and_verifies(tmp_path, keys):
         assert lst.count == len(set(read_domains(s.path))), s.label  # the lists are already clean
         assert lst.kind == s.kind and lst.category == s.category
     assert by_path["lists/sex_education.allow.txt"].kind == "allow"
-    assert {"lists/gambling.txt", "lists/social_networks.txt", "lists/filter_bypass.txt"} <= set(by_path)
+    assert {"lists/gambling.txt", "lists/social_networks.txt", "lists/filter_bypass.txt"} <= set(
+        by_path
+    )
     assert verify(out, public_path) == m
     # Nothing was written into the source folder.
     assert not list(BUNDLED.rglob("manifest.json*")) and not (BUNDLED / "lists").exists()
@@ -356,7 +390,9 @@ def test_tampered_manifest_is_a_bad_signature(feed):
     (out / "manifest.json").write_bytes(raw.replace(b'"count": 5', b'"count": 6'))
     exc = feed_error(out, pub)
     assert exc.reason == "bad_signature"
-    assert str(exc).startswith(f"bad signature: manifest.json.sig does not match manifest.json under the pinned key {key.key_id}")
+    assert str(exc).startswith(
+        f"bad signature: manifest.json.sig does not match manifest.json under the pinned key {key.key_id}"
+    )
 
 
 def test_truncated_or_missing_signature(feed):
@@ -369,7 +405,10 @@ def test_truncated_or_missing_signature(feed):
         "bad signature: manifest.json.sig is not one line of base64 holding a 64-byte Ed25519 signature",
     )
     sig.unlink()
-    assert str(feed_error(out, pub)) == f"bad signature: the feed is not signed (no manifest.json.sig in {out})"
+    assert (
+        str(feed_error(out, pub))
+        == f"bad signature: the feed is not signed (no manifest.json.sig in {out})"
+    )
 
 
 def test_wrong_key(feed, tmp_path):
@@ -413,7 +452,9 @@ def test_expired(src, tmp_path, keys):
     rebuild(src, out, secret_path, now=datetime.now(UTC))
     assert verify_feed(out, public_path).version == 2
     rebuild(src, out, secret_path, now=datetime(2020, 1, 1, tzinfo=UTC))
-    assert "expired at 2020-01-31T00:00:00Z" in str(pytest.raises(FeedError, verify_feed, out, public_path).value)
+    assert "expired at 2020-01-31T00:00:00Z" in str(
+        pytest.raises(FeedError, verify_feed, out, public_path).value
+    )
 
 
 def test_malformed_field_is_named(feed):
@@ -436,7 +477,9 @@ def test_unknown_category(feed):
     resign(out, key, lambda doc: doc["lists"][1].update(category="casino"))
     exc = feed_error(out, pub)
     assert exc.reason == "unknown_category"
-    assert str(exc).startswith('manifest.json: lists[1].category: unknown category "casino" (not in categories: ')
+    assert str(exc).startswith(
+        'manifest.json: lists[1].category: unknown category "casino" (not in categories: '
+    )
 
 
 def test_count_mismatch(feed):
@@ -484,9 +527,15 @@ def test_list_size_cap(feed):
 def test_local_sources(feed, tmp_path):
     out, _, pub = feed
     assert verify(out / "manifest.json", pub).version == 1  # the manifest's path works too
-    assert str(feed_error(tmp_path / "nothing", pub)) == f"no feed at {tmp_path / 'nothing'}: not a folder"
+    assert (
+        str(feed_error(tmp_path / "nothing", pub))
+        == f"no feed at {tmp_path / 'nothing'}: not a folder"
+    )
     exc = feed_error("ftp://example.com/feed/", pub)
-    assert str(exc) == "ftp://example.com/feed/: unsupported URL scheme 'ftp'; give an https URL or a folder"
+    assert (
+        str(exc)
+        == "ftp://example.com/feed/: unsupported URL scheme 'ftp'; give an https URL or a folder"
+    )
 
 
 # ---------------------------------------------------------------- over HTTP
@@ -504,7 +553,9 @@ def http_feed(feed):
     handler = lambda *a, **kw: _QuietHandler(*a, directory=str(root), **kw)  # noqa: E731
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     base = f"http://127.0.0.1:{server.server_address[1]}/{out.name}/"
     yield base, out, key, pub
@@ -523,7 +574,9 @@ def test_verify_over_http(http_feed, tmp_path):
     copy = tmp_path / "copy"
     verify(base, pub, allow_insecure=True, save_to=copy)
     assert (copy / "manifest.json").read_bytes() == (out / "manifest.json").read_bytes()
-    assert (copy / "lists" / "gambling.txt").read_bytes() == (out / "lists" / "gambling.txt").read_bytes()
+    assert (copy / "lists" / "gambling.txt").read_bytes() == (
+        out / "lists" / "gambling.txt"
+    ).read_bytes()
     assert verify(copy, pub) == m
     assert not list(copy.rglob(".tmp-*"))
 
@@ -542,7 +595,9 @@ def test_http_failures(http_feed, tmp_path):
         f.write("evil.example\n")
     exc = feed_error(base, pub, allow_insecure=True)
     assert exc.reason == "sha256_mismatch"
-    assert str(exc).startswith("sha256 mismatch for list lists/online_games.18.txt (lists[3], category online_games)")
+    assert str(exc).startswith(
+        "sha256 mismatch for list lists/online_games.18.txt (lists[3], category online_games)"
+    )
     # A list bigger than the cap stops the download (Content-Length is checked first).
     exc = feed_error(base, pub, allow_insecure=True, max_list_bytes=50)
     assert (exc.reason, str(exc)) == (
@@ -552,7 +607,10 @@ def test_http_failures(http_feed, tmp_path):
     # No feed at that address.
     exc = feed_error(base.replace("/out/", "/nowhere/"), pub, allow_insecure=True)
     assert exc.reason == "not_found"
-    assert str(exc) == f"manifest.json is missing: {base.replace('/out/', '/nowhere/')}manifest.json answered HTTP 404"
+    assert (
+        str(exc)
+        == f"manifest.json is missing: {base.replace('/out/', '/nowhere/')}manifest.json answered HTTP 404"
+    )
     # A failed copy leaves no half-written list behind.
     copy = tmp_path / "copy"
     with pytest.raises(FeedError):
@@ -568,7 +626,10 @@ def test_server_down(feed):
     # Nothing listens on that port now.
     exc = feed_error(f"http://127.0.0.1:{port}/feed/", pub, allow_insecure=True, timeout=2)
     assert exc.reason == "fetch"
-    assert str(exc) == f"cannot fetch http://127.0.0.1:{port}/feed/manifest.json: [Errno 111] Connection refused"
+    assert (
+        str(exc)
+        == f"cannot fetch http://127.0.0.1:{port}/feed/manifest.json: [Errno 111] Connection refused"
+    )
 
 
 def test_copy_of_feed_over_http_keeps_working_after_the_server_changes(http_feed, tmp_path, keys):
@@ -616,7 +677,9 @@ def test_caps_hold_without_content_length(feed, mode):
     handler = lambda *a, **kw: handler_class(*a, directory=str(out.parent), **kw)  # noqa: E731
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     try:
         base = f"http://127.0.0.1:{server.server_address[1]}/out/"
@@ -662,7 +725,9 @@ def https_feed(feed, tmp_path):
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key_file)
     server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     yield f"https://127.0.0.1:{server.server_address[1]}/out/", out, pub, cert
     server.shutdown()
