@@ -180,10 +180,17 @@ def sources_in_force(data_dir: str | os.PathLike) -> list[Source]:
             for kind in ("block", "allow"):
                 path = folder / f"{kind}.txt"
                 if meta.get(f"{kind}_entries") and path.is_file():
-                    out.append(Source(spec.category, kind, path, spec.label))
+                    out.append(Source(_label(spec.category, kind), kind, path, spec.label))
         except (KeyError, ValueError) as exc:
             log.warning("source copy %s cannot be used: %s", folder, exc)
     return out
+
+
+def _label(category: str, kind: str) -> str:
+    """A list's category label. A source's @@ exceptions say "this name is not what the list
+    thinks", whatever the child's age, so they apply from 00+ (as in every ad blocker); an
+    allow list of a feed category (sex_education) applies from that category's own age."""
+    return category.partition("@")[0] + "@00+" if kind == "allow" else category
 
 
 @contextlib.contextmanager
