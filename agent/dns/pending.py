@@ -8,11 +8,8 @@ exception value: a step that cannot use it passes it on unchanged.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 
 class Pending:
@@ -25,24 +22,26 @@ class Pending:
 
     def then(self, step: Callable[[Any], Any]) -> Pending:
         """Map the outcome through `step` when it comes (at once if it already has)."""
-        if self.settled:
-            self.value = _run(step, self.value)
-        else:
+        if not self.settled:
             self._steps.append(step)
+            return self
+        try:
+            self.value = step(self.value)
+        except (
+            Exception
+        ) as exc:  # our bug: it travels on as a value, and the server answers SERVFAIL
+            self.value = exc
         return self
 
     def settle(self, value: Any) -> None:
         if self.settled:
             return
         self.settled = True
+        # The try is inlined rather than a helper per step: this runs for every cache miss.
         for step in self._steps:
-            value = _run(step, value)
+            try:
+                value = step(value)
+            except Exception as exc:  # our bug: as in `then`
+                value = exc
         self._steps.clear()
         self.value = value
-
-
-def _run(step: Callable[[Any], Any], value: Any) -> Any:
-    try:
-        return step(value)
-    except Exception as exc:  # our bug: it travels on as a value, and the server answers SERVFAIL
-        return exc
