@@ -544,3 +544,47 @@ def test_a_purged_name_is_nowhere_in_the_files_any_more(open_log, tmp_path):
     assert ql.set_privacy("hide_allowed", "kid")
     assert b"secret-diary-site" not in file_bytes()  # not in free pages, not in the WAL
     assert b"homework-help" in file_bytes()  # a block is still logged at this level
+
+
+# -- ids and caches -------------------------------------------------------------------------
+
+
+def test_ids_keep_the_order_of_writing_when_the_clock_steps_back(store):
+    rows = [
+        entry(NOW, "a.example"),
+        entry(NOW - 0.5, "b.example"),  # queued a little late: keeps its place
+        entry(NOW - 0.5, "c.example"),
+        entry(NOW - 3600, "d.example"),  # the clock set back an hour: its true time
+    ]
+    store.write(rows, rows)
+    exported = raw_rows(store)
+    assert [r[4] for r in exported] == ["d.example", "a.example", "b.example", "c.example"]
+    assert exported[0][0] == "2026-09-21T13:13:20.000Z"
+
+
+def test_a_colliding_id_is_moved_not_lost(tmp_path):
+    first = QueryLogStore.open(tmp_path / "querylog.db")
+    second = QueryLogStore.open(tmp_path / "querylog.db")  # e.g. a restart in the same millisecond
+    try:
+        first.write([entry(NOW, "one.example")], [entry(NOW, "one.example")])
+        second.write([entry(NOW, "two.example")], [entry(NOW, "two.example")])
+        assert [r[4] for r in raw_rows(first)] == ["one.example", "two.example"]
+    finally:
+        first.close()
+        second.close()
+
+
+def test_names_deleted_by_another_connection_are_not_reused_from_the_cache(tmp_path):
+    writer = QueryLogStore.open(tmp_path / "querylog.db")
+    admin = QueryLogStore.open(tmp_path / "querylog.db")  # the admin page, another connection
+    try:
+        rows = [entry(NOW, "x.example")]
+        writer.write(rows, rows)
+        list(admin.delete_profile("kid"))
+        assert names_in_file(admin) == set()
+        rows = [entry(NOW + 1, "x.example")]
+        writer.write(rows, rows)
+        assert [(r[3], r[4]) for r in raw_rows(admin)] == [("kid", "x.example")]
+    finally:
+        writer.close()
+        admin.close()

@@ -207,7 +207,7 @@ class QueryLogStore:
         self.database = database
         self._term_ids: dict[str, int] = {}
         self._name_ids: dict[str, int] = {}
-        self._data_version = -1
+        self._data_version: tuple[int, int] | None = None  # (connection, PRAGMA data_version)
         self._last_id = 0
 
     @classmethod
@@ -260,10 +260,15 @@ class QueryLogStore:
         if not counted and not raw:
             return
         try:
-            self._write(counted, raw, one_by_one=False)
-        except sqlite3.IntegrityError:
-            # Two ids collided: the clock went back by exactly the wrong amount. Rare, so slow.
-            self._write(counted, raw, one_by_one=True)
+            try:
+                self._write(counted, raw, one_by_one=False)
+            except sqlite3.IntegrityError:
+                # Two ids collided: a restart or a clock set back within the same millisecond.
+                self._forget_ids()
+                self._write(counted, raw, one_by_one=True)
+        except BaseException:
+            self._forget_ids()  # the rollback took back the ids of names and terms it added
+            raise
 
     def _next_id(self, seconds: float) -> int:
         """The id of an entry at `seconds`: its time, after the last id when within a second of it.
@@ -281,7 +286,8 @@ class QueryLogStore:
     def _write(self, counted: Sequence[Entry], raw: Sequence[Entry], one_by_one: bool) -> None:
         with self.database.transaction() as db:
             conn = db.conn
-            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            # data_version is per connection: remember whose it is.
+            version = (id(conn), conn.execute("PRAGMA data_version").fetchone()[0])
             if version != self._data_version:
                 self._forget_ids()  # another connection may have deleted names or terms
                 self._data_version = version
