@@ -260,6 +260,12 @@ SETTINGS: tuple[Setting, ...] = (
         _as_bool,
     ),
     Setting(
+        "feed_timeout_seconds",
+        30.0,
+        "Seconds a feed or source download waits to connect and between two reads before it gives up (the last good copy stays in force); a whole file may take at most 300 s.",
+        _as_positive_float,
+    ),
+    Setting(
         "querylog_privacy",
         "full",
         "What the query log keeps (a profile's own level wins): 'full'; 'hide_allowed' (only blocks and rewrites); 'counts_only' (hourly counts, no names); 'off'. A stricter level purges what it would not keep.",

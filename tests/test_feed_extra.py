@@ -422,3 +422,114 @@ def test_a_sync_during_a_continuous_query_loop_loses_no_query(
         dns.message.make_query("listed4000.test", "A"), server.host, port=server.port, timeout=5
     )
     assert (reply.rcode(), reply.answer) == (dns.rcode.NOERROR, [])
+
+
+# ---------------------------------------------------------------- robustness
+
+
+def test_a_source_mapped_to_another_category_is_refiled_when_the_list_is_unchanged(
+    www, bundled, tmp_path
+):
+    data = tmp_path / "var"
+    url = www.put("list.txt", "bet.test\n")
+    assert sync([f"adult={url}"], data)[0].result == "accepted"
+    # The admin maps the source to gambling; the server answers 304 ...
+    www.server.log.clear()
+    (r,) = sync([f"gambling={url}"], data)
+    assert (r.result, r.category, r.entries) == ("accepted", "gambling", 1)
+    assert www.server.log == ["/feed/list.txt"]
+    status = read_source_status(data)["sources"][url]
+    assert status["category"] == "gambling"
+    assert (status["last_sync"]["how"], status["last_sync"]["category_was"]) == ("304", "adult")
+    assert [s.category for s in sources_in_force(data)] == ["gambling"]
+    gambling = (True, "category=gambling min_age=18+")
+    assert decide_as(compile_lists(str(bundled), data), data, "bet.test", "00+") == gambling
+    assert sync([f"gambling={url}"], data)[0].result == "not_modified"  # nothing new since
+    # ... or, without validators, sends the same bytes again.
+    www.server.handler.use_etag = False
+    (r,) = sync([f"malware={url}"], data)
+    assert (r.result, r.entries) == ("accepted", 1)
+    status = read_source_status(data)["sources"][url]
+    assert (status["last_sync"]["how"], status["last_sync"]["category_was"]) == (
+        "same content",
+        "gambling",
+    )
+    assert [s.category for s in sources_in_force(data)] == ["malware"]
+    compiled = compile_lists(str(bundled), data)
+    assert decide_as(compiled, data, "bet.test", "00+") == (True, "always=malware")
+
+
+def test_a_sources_sync_while_another_one_runs_is_busy_and_changes_nothing(www, tmp_path):
+    import fcntl
+
+    data = tmp_path / "var"
+    url = www.put("list.txt", "a.test\n")
+    assert sync([f"malware={url}"], data)[0].result == "accepted"
+    www.put("list.txt", "a.test\nb.test\n")
+    before = read_source_status(data)
+    with open(data / "sources" / ".lock", "a") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)  # a sync stuck on a slow server holds it
+        www.server.log.clear()
+        (r,) = sync([f"malware={url}"], data)  # returns at once instead of waiting behind it
+        assert www.server.log == []
+    busy = "busy: another sync of the sources is running; try again later"
+    assert (r.result, r.reason, r.message, r.entries, r.ok) == ("busy", "busy", busy, 1, False)
+    assert r.line() == f"source malware={url}: {busy}; 1 names in force"
+    assert read_source_status(data) == before and stored(data, url, "block") == ["a.test"]
+    assert sync([f"malware={url}"], data)[0].entries == 2  # once it is done
+
+
+def test_redirects_are_checked_hop_by_hop_before_they_are_followed(
+    https_server, tmp_path, monkeypatch
+):
+    from agent.feed.build import build_feed
+    from agent.feed.sign import generate_key
+    from agent.feed.sync import sync_feed
+
+    secure, cert = https_server
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+    plain_root = tmp_path / "plain"
+    (plain_root / "feed").mkdir(parents=True)
+    (plain_root / "feed" / "list.txt").write_text("plain.test\n")
+    plain = Server(plain_root)
+    try:
+        data = tmp_path / "var"
+        secure.put("list.txt", "secure.test\n")
+        # https to https (a relative Location) is followed.
+        secure.server.handler.redirects["/feed/moved.txt"] = "/feed/list.txt"
+        r = sync([f"malware={secure.url('moved.txt')}"], data, allow_insecure=False)[0]
+        assert (r.result, r.entries) == ("accepted", 1)
+
+        # https to plain http is refused without sending the plain request.
+        to_plain = plain.url + "list.txt"
+        secure.server.handler.redirects["/feed/down.txt"] = to_plain
+        source = secure.url("down.txt")
+        r = sync([f"malware={source}"], data, allow_insecure=False)[0]
+        assert (r.result, r.reason) == ("rejected", "insecure")
+        assert r.message == (
+            f"{source} redirected to {to_plain} (http:), which is not allowed: sources are "
+            "fetched over https only; the redirect was not followed"
+        )
+        assert plain.log == []
+        # The same for a feed's files.
+        key = generate_key("school.example.vn", "School")
+        src = tmp_path / "src"
+        src.mkdir()
+        (src / "gambling.txt").write_text("feedbet.test\n")
+        build_feed(src, secure.root / "signed", key)
+        secure.server.handler.redirects["/signed/manifest.json"] = plain.url + "manifest.json"
+        feed_url = secure.server.url.replace("/feed/", "/signed/")
+        r = sync_feed(feed_url, key.public, data / "feeds", allow_insecure=False)
+        assert (r.result, r.reason) == ("rejected", "insecure")
+        assert "redirected to http://127.0.0.1:" in r.message and plain.log == []
+
+        # Where plain http is allowed (a local mirror), it is followed; a loop is not.
+        r = sync([f"malware={source}"], data, allow_insecure=True)[0]
+        assert (r.result, r.entries, plain.log) == ("accepted", 1, ["/feed/list.txt"])
+        plain.handler.redirects["/feed/loop.txt"] = "/feed/loop.txt"
+        r = sync([f"malware={plain.url}loop.txt"], data)[0]
+        assert (r.result, r.reason) == ("rejected", "fetch")
+        assert r.message == f"cannot fetch {plain.url}loop.txt: more than 5 redirects"
+        assert plain.log.count("/feed/loop.txt") == 6
+    finally:
+        plain.close()

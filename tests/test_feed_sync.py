@@ -8,6 +8,7 @@ request, so that a 304 can be shown to fetch nothing else.
 from __future__ import annotations
 
 import email.utils
+import fcntl
 import hashlib
 import http.server
 import json
@@ -25,7 +26,7 @@ from click.testing import CliRunner
 from agent.feed.build import build_feed
 from agent.feed.format import FeedError
 from agent.feed.sign import generate_key, sign, write_keypair
-from agent.feed.sync import feeds_in_force, read_status, sync_feed
+from agent.feed.sync import feeds_in_force, read_status, sync_feed, sync_pinned
 from agent.feed.verify import verify_feed
 
 NOW = datetime(2026, 11, 28, 9, 0, 0, tzinfo=UTC)
@@ -34,10 +35,12 @@ PUBLISHER = "test.example.vn"
 
 
 class _FeedHandler(http.server.BaseHTTPRequestHandler):
-    """Serves files under ``root`` with ETag and Last-Modified; counts requests; may stall."""
+    """Serves files under ``root`` with ETag and Last-Modified; counts requests; may stall;
+    answers a path in ``redirects`` with a 302 to the URL given there."""
 
     root: Path
     log: list
+    redirects: dict
     use_etag = True
     delay = 0.0  # seconds before answering manifest.json
 
@@ -46,6 +49,12 @@ class _FeedHandler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.log.append(self.path)
+        if self.path in self.redirects:
+            self.send_response(302)
+            self.send_header("Location", self.redirects[self.path])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if self.delay and self.path.endswith("manifest.json"):
             time.sleep(self.delay)
         path = self.root / self.path.lstrip("/")
@@ -76,17 +85,35 @@ class _FeedHandler(http.server.BaseHTTPRequestHandler):
 class Server:
     def __init__(self, root: Path) -> None:
         self.log: list[str] = []
-        self.handler = type("H", (_FeedHandler,), {"root": root, "log": self.log})
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self.handler)
+        self.handler = type("H", (_FeedHandler,), {"root": root, "log": self.log, "redirects": {}})
+        self._listen(0)
+        self.url = f"http://127.0.0.1:{self.port}/feed/"
+
+    def _listen(self, port: int) -> None:
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), self.handler)
         self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self.thread.start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/feed/"
 
     def close(self) -> None:
+        if self.httpd is None:
+            return
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join(5)
+        self.httpd = None
+
+    def down(self) -> None:
+        """Stop listening: a connection to the feed's URL is refused until ``up``."""
+        self.close()
+
+    def up(self) -> None:
+        """Listen again on the same port (the feed's URL is unchanged)."""
+        if self.httpd is None:
+            self._listen(self.port)
 
 
 @pytest.fixture
@@ -114,7 +141,14 @@ def site(tmp_path, keys):
 
 class Site:
     def __init__(self, tmp_path, src, out, key, public, server) -> None:
-        self.tmp, self.src, self.out, self.key, self.public, self.server = tmp_path, src, out, key, public, server
+        self.tmp, self.src, self.out, self.key, self.public, self.server = (
+            tmp_path,
+            src,
+            out,
+            key,
+            public,
+            server,
+        )
         self.store = tmp_path / "var" / "feeds"
 
     def publish(self, **kw) -> None:
@@ -205,7 +239,10 @@ def test_rollback_and_reused_version_are_refused(site):
     site.server.log.clear()
     r = site.sync()
     assert (r.result, r.reason, r.version) == ("rejected", "rollback", 1)
-    assert r.message == f"rollback: the server offers version 1 of feed {PUBLISHER}, lower than version 2 in force"
+    assert (
+        r.message
+        == f"rollback: the server offers version 1 of feed {PUBLISHER}, lower than version 2 in force"
+    )
     assert r.line().endswith("; v2 in force")
     assert not any("/lists/" in p for p in site.server.log)  # refused before any list is fetched
     assert site.in_force() == 2
@@ -264,7 +301,11 @@ def _missing_list(site):
         (_wrong_key, "wrong_key", "wrong key: the feed is signed with key ed25519:"),
         (_sha256_mismatch, "sha256_mismatch", "sha256 mismatch for list lists/gambling.txt"),
         (_truncated, "sha256_mismatch", "sha256 mismatch for list lists/gambling.txt"),
-        (_expired, "expired", "expired: version 3 of feed test.example.vn expired at 2026-11-18T09:00:00Z"),
+        (
+            _expired,
+            "expired",
+            "expired: version 3 of feed test.example.vn expired at 2026-11-18T09:00:00Z",
+        ),
         (_missing_list, "not_found", "lists/messaging.txt is missing"),
     ],
 )
@@ -342,7 +383,9 @@ def test_https_only_unless_allowed(site):
     site.server.log.clear()
     r = site.sync(allow_insecure=False)
     assert (r.result, r.reason) == ("rejected", "insecure")
-    assert r.message.startswith(f"{site.server.url}: plain http is not allowed; feeds are synced over https only")
+    assert r.message.startswith(
+        f"{site.server.url}: plain http is not allowed; feeds are synced over https only"
+    )
     assert site.server.log == []  # refused before any request
     assert r.in_force is None and feeds_in_force(site.store) == []
     assert site.status()["last_error"]["reason"] == "insecure"
@@ -358,7 +401,13 @@ def test_two_publishers_and_an_unreadable_key(site, tmp_path):
     _, other_pub = write_keypair(tmp_path / "keys" / "ngo.key", other)
     other_out = tmp_path / "www" / "ngo"
     build_feed(site.src, other_out, other, now=NOW)
-    r = sync_feed(site.server.url.replace("/feed/", "/ngo/"), other_pub, site.store, allow_insecure=True, now=LATER)
+    r = sync_feed(
+        site.server.url.replace("/feed/", "/ngo/"),
+        other_pub,
+        site.store,
+        allow_insecure=True,
+        now=LATER,
+    )
     assert r.result == "accepted"
     assert [(f.publisher_id, f.version) for f in feeds_in_force(site.store)] == [
         ("ngo.example.org", 1),
@@ -388,9 +437,15 @@ def test_cli(site, tmp_path):
     assert r.stdout.rstrip().endswith("; no version in force")
     r = run(*args, "--allow-insecure")
     assert (r.exit_code, r.stdout) == (0, f"{PUBLISHER} ({site.server.url}): accepted v2\n")
-    assert json.loads((data / "feeds" / PUBLISHER / "status.json").read_text())["in_force"]["version"] == 2
+    assert (
+        json.loads((data / "feeds" / PUBLISHER / "status.json").read_text())["in_force"]["version"]
+        == 2
+    )
     r = run(*args, "--allow-insecure")
-    assert (r.exit_code, r.stdout) == (0, f"{PUBLISHER} ({site.server.url}): not modified, v2 in force\n")
+    assert (r.exit_code, r.stdout) == (
+        0,
+        f"{PUBLISHER} ({site.server.url}): not modified, v2 in force\n",
+    )
     site.publish(now=datetime.now(UTC))
     _sha256_mismatch(site)
     r = run(*args, "--allow-insecure")
@@ -409,3 +464,59 @@ def test_a_version_published_in_the_same_second_is_not_missed(site):
     os.utime(site.out / "manifest.json", (stamp, stamp))  # ... with the same Last-Modified second
     r = site.sync()
     assert (r.result, r.version) == ("accepted", 2)
+
+
+# ---------------------------------------------------------------- a sync already running
+
+
+def test_a_sync_while_another_one_runs_is_busy_and_changes_nothing(site):
+    assert site.sync().result == "accepted"
+    site.publish()
+    before = site.status()
+    with open(site.store / PUBLISHER / ".lock", "a") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)  # a sync stuck on a slow server holds it
+        site.server.log.clear()
+        r = site.sync()  # returns at once instead of waiting behind it
+        assert site.server.log == []
+    busy = f"busy: another sync of feed {PUBLISHER} is running; try again later"
+    assert (r.result, r.reason, r.message, r.ok) == ("busy", "busy", busy, False)
+    assert r.line() == f"{PUBLISHER} ({site.server.url}): {busy}; v1 in force"
+    assert r.in_force.version == 1 and site.in_force() == 1
+    assert site.status() == before  # the running sync owns status.json
+    assert site.sync().version == 2  # once it is done, the next sync goes ahead
+
+
+# ---------------------------------------------------------------- the reserved publisher id
+
+
+def test_a_remote_feed_may_not_claim_the_default_feeds_publisher_id(site, tmp_path):
+    from agent.feed.default import PUBLISHER_ID, ensure_default_feed
+
+    data = tmp_path / "data"
+    bundled = ensure_default_feed(site.src, data, now=NOW)
+    assert bundled.built and bundled.in_force.publisher_id == PUBLISHER_ID == "safenest-default"
+    store = data / "feeds"
+    status = read_status(store, PUBLISHER_ID)
+
+    # Someone makes a key for the same publisher id and gets the admin to pin it.
+    impostor = generate_key(PUBLISHER_ID, "SafeNest")
+    _, impostor_pub = write_keypair(tmp_path / "keys" / "impostor.key", impostor)
+    (site.src / "gambling.txt").write_text("other.test\n")
+    build_feed(site.src, site.tmp / "www" / "impostor", impostor, now=NOW, version=9)
+    url = site.server.url.replace("/feed/", "/impostor/")
+    site.server.log.clear()
+    for r in (
+        sync_feed(url, impostor_pub, store, allow_insecure=True, now=LATER),
+        sync_pinned(url, [impostor.public], store, allow_insecure=True, now=LATER),
+    ):
+        assert (r.result, r.reason, r.in_force) == ("rejected", "reserved_publisher", None)
+        assert r.message.startswith(
+            f"reserved publisher: the pinned key {impostor.key_id} is for publisher "
+            "safenest-default, which is reserved for the default feed built on this device"
+        )
+    assert site.server.log == ["/impostor/manifest.json"]  # only sync_pinned's look at the key id
+    # The bundled lists stay in force, untouched.
+    ((feed),) = feeds_in_force(store)
+    assert (feed.publisher_id, feed.version) == (PUBLISHER_ID, 1)
+    assert feed.manifest.publisher.key_id == bundled.in_force.manifest.publisher.key_id
+    assert read_status(store, PUBLISHER_ID) == status

@@ -39,6 +39,7 @@ from agent.feed.format import Category, FeedError, format_time
 from agent.feed.sign import SecretKey, generate_key, load_secret_key, write_keypair
 from agent.feed.sync import (
     ACCEPTED,
+    RESERVED_PUBLISHER,
     InstalledFeed,
     _installed,
     _write_status,
@@ -57,7 +58,7 @@ __all__ = [
 
 log = logging.getLogger("safenest.feed.default")
 
-PUBLISHER_ID = "safenest-default"
+PUBLISHER_ID = RESERVED_PUBLISHER  # "safenest-default": no synced feed may use it
 PUBLISHER_NAME = "SafeNest (bundled lists)"
 KEY_FILE = f"{PUBLISHER_ID}.key"
 STATE_FILE = (
@@ -218,7 +219,9 @@ def ensure_default_feed(
                     categories=table,
                     sources=chosen,
                 )
-                result = sync_feed(build_dir, key.public, store, allow_insecure=True, now=now)
+                result = sync_feed(
+                    build_dir, key.public, store, allow_insecure=True, now=now, default_feed=True
+                )
             finally:
                 shutil.rmtree(build_dir, ignore_errors=True)
             if result.result != ACCEPTED:

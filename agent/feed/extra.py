@@ -24,7 +24,6 @@ A source removed from the setting is dropped at the next sync.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -33,15 +32,29 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from agent.feed.format import FeedError, format_time
-from agent.feed.sync import ACCEPTED, NOT_MODIFIED, REJECTED, _strong_last_modified
-from agent.feed.verify import DEFAULT_DEADLINE, DEFAULT_TIMEOUT, _pieces, _short_error, write_atomic
+from agent.feed.sync import (
+    ACCEPTED,
+    BUSY,
+    NOT_MODIFIED,
+    REJECTED,
+    Busy,
+    _strong_last_modified,
+    try_locked,
+)
+from agent.feed.verify import (
+    DEFAULT_DEADLINE,
+    DEFAULT_TIMEOUT,
+    _pieces,
+    _short_error,
+    get_following_redirects,
+    write_atomic,
+)
 from agent.index.sources import LABEL_RE, ParseStats, Source, read_entries
 
 __all__ = [
@@ -102,7 +115,7 @@ def parse_spec(text: str) -> SourceSpec:
 class SourceResult:
     """One source's sync, shaped like :class:`agent.feed.sync.SyncResult` for the callers."""
 
-    result: str  # ACCEPTED, NOT_MODIFIED, REJECTED or REMOVED (no longer configured)
+    result: str  # ACCEPTED, NOT_MODIFIED, REJECTED, BUSY or REMOVED (no longer configured)
     url: str
     category: str
     entries: int | None = None  # names in force for this source after the sync
@@ -112,7 +125,8 @@ class SourceResult:
 
     @property
     def ok(self) -> bool:
-        return self.result != REJECTED
+        """Anything but a rejected or busy sync (those are retried)."""
+        return self.result not in (REJECTED, BUSY)
 
     @property
     def publisher_id(self) -> str:
@@ -132,6 +146,8 @@ class SourceResult:
             return f"{who}: not modified, {kept}"
         if self.result == REMOVED:
             return f"source {self.url}: removed (no longer in the sources setting)"
+        if self.result == BUSY:
+            return f"{who}: {self.message}; {kept}"
         return f"{who}: rejected: {self.reason}: {self.message}; {kept}"
 
 
@@ -193,16 +209,6 @@ def _label(category: str, kind: str) -> str:
     return category.partition("@")[0] + "@00+" if kind == "allow" else category
 
 
-@contextlib.contextmanager
-def _locked(root: Path) -> Iterator[None]:
-    with open(root / ".lock", "a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
 # ---------------------------------------------------------------- fetching
 
 
@@ -224,18 +230,19 @@ def _fetch(
     transport_errors = (requests.RequestException, urllib3.exceptions.HTTPError, OSError)
     started = time.monotonic()
     with requests.Session() as session:
-        session.max_redirects = 5
         session.headers["User-Agent"] = _USER_AGENT
         try:
-            response = session.get(url, stream=True, timeout=timeout, headers=headers or None)
+            response = get_following_redirects(
+                session,
+                url,
+                allow_insecure=allow_insecure,
+                timeout=timeout,
+                headers=headers or None,
+                what="sources",
+            )
         except requests.RequestException as exc:
             raise FeedError(f"cannot fetch {url}: {_short_error(exc)}", "fetch") from None
         with response:
-            final = urlsplit(response.url).scheme
-            if final != "https" and not (final == "http" and allow_insecure):
-                raise FeedError(
-                    f"{url} redirected to {final}:, which is not allowed: https only", "insecure"
-                )
             if response.status_code == 304 and headers:
                 raise _NotModified()
             if response.status_code != 200:
@@ -367,12 +374,11 @@ def _sync_one(
                     **{k: opts[k] for k in ("allow_insecure", "timeout", "deadline", "max_bytes")},
                 )
             except _NotModified:
-                return finish(NOT_MODIFIED, how="304")
+                return _unchanged(folder, meta, spec, finish, "304")
         digest = _sha256_file(raw)
-        if meta and meta.get("sha256") == digest and meta.get("category") == spec.category:
+        if meta and meta.get("sha256") == digest:
             meta.update({k: v for k, v in validators.items()})
-            _write_json(folder / META_NAME, meta)
-            return finish(NOT_MODIFIED, how="same content")
+            return _unchanged(folder, meta, spec, finish, "same content")
         stats, blocks, allows, converted = _convert(raw, folder)
         seen = stats.domains + stats.bad
         if stats.bad > MAX_BAD_SHARE * seen:
@@ -422,6 +428,28 @@ def _sync_one(
                     leftover.unlink()
 
 
+def _unchanged(folder: Path, meta: dict, spec: SourceSpec, finish, how: str) -> SourceResult:
+    """The server's list did not change. If the admin mapped the source to another category
+    since, the stored names are still right (they do not depend on the category) but the
+    index must file them under the new one: store it and report the source accepted, so that
+    the lists are recompiled."""
+    previous = meta.get("category")
+    if previous == spec.category:
+        _write_json(folder / META_NAME, meta)
+        return finish(NOT_MODIFIED, how=how)
+    meta["category"] = spec.category
+    _write_json(folder / META_NAME, meta)
+    log.info("source %s: now in category %s (was %s)", spec.url, spec.category, previous)
+    return finish(
+        ACCEPTED,
+        how=how,
+        category_was=previous,
+        block_entries=meta.get("block_entries"),
+        allow_entries=meta.get("allow_entries"),
+        bad_lines=meta.get("bad_lines"),
+    )
+
+
 def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -451,44 +479,77 @@ def sync_sources(
     if not specs and not root.is_dir():
         return []
     root.mkdir(parents=True, exist_ok=True)
-    results: list[SourceResult] = []
-    with _locked(root):
-        doc = _read_json(root / STATUS_NAME)
-        old = doc.get("sources") if isinstance(doc.get("sources"), dict) else {}
-        status: dict = {}
-        keep: set[str] = set()
-        for text in specs:
-            try:
-                spec = parse_spec(text)
-            except ValueError as exc:
-                results.append(
-                    SourceResult(REJECTED, text, "?", reason="malformed", message=str(exc))
-                )
-                continue
-            keep.add(spec.id)
-            status[spec.url] = old.get(spec.url, {}) if isinstance(old.get(spec.url), dict) else {}
-            results.append(
-                _sync_one(
-                    spec,
-                    root,
-                    status,
-                    known_categories,
-                    now,
-                    allow_insecure=allow_insecure,
-                    timeout=timeout,
-                    deadline=deadline,
-                    max_bytes=max_bytes,
-                )
+    try:
+        with try_locked(root / ".lock"):
+            return _sync_sources_locked(
+                specs,
+                root,
+                known_categories,
+                now,
+                allow_insecure=allow_insecure,
+                timeout=timeout,
+                deadline=deadline,
+                max_bytes=max_bytes,
             )
-        for folder in root.iterdir():
-            if folder.is_dir() and _ID_RE.fullmatch(folder.name) and folder.name not in keep:
-                meta = _read_json(folder / META_NAME)
-                shutil.rmtree(folder, ignore_errors=True)
-                url = str(meta.get("url", folder.name))
-                log.info("source %s removed: no longer in the sources setting", url)
-                results.append(SourceResult(REMOVED, url, str(meta.get("category", "?"))))
+    except Busy:
+        return _busy_results(specs, root)
+
+
+def _busy_results(specs: list[str], root: Path) -> list[SourceResult]:
+    """Another sync of the sources holds the lock: one ``busy`` result per source, with what
+    is in force for it (read without the lock: meta.json is replaced in one step)."""
+    message = "busy: another sync of the sources is running; try again later"
+    log.warning("sources: %s", message)
+    out = []
+    for text in specs:
         try:
-            _write_json(root / STATUS_NAME, {"updated_at": format_time(now), "sources": status})
-        except OSError as exc:
-            log.warning("cannot write %s: %s", root / STATUS_NAME, exc)
+            spec = parse_spec(text)
+        except ValueError as exc:
+            out.append(SourceResult(REJECTED, text, "?", reason="malformed", message=str(exc)))
+            continue
+        meta = _read_json(root / spec.id / META_NAME)
+        entries = meta.get("block_entries", 0) + meta.get("allow_entries", 0) if meta else None
+        out.append(
+            SourceResult(BUSY, spec.url, spec.category, entries, reason="busy", message=message)
+        )
+    return out
+
+
+def _sync_sources_locked(
+    specs: list[str], root: Path, known_categories: set[str] | None, now: datetime, **opts
+) -> list[SourceResult]:
+    results: list[SourceResult] = []
+    doc = _read_json(root / STATUS_NAME)
+    old = doc.get("sources") if isinstance(doc.get("sources"), dict) else {}
+    status: dict = {}
+    keep: set[str] = set()
+    for text in specs:
+        try:
+            spec = parse_spec(text)
+        except ValueError as exc:
+            results.append(SourceResult(REJECTED, text, "?", reason="malformed", message=str(exc)))
+            continue
+        keep.add(spec.id)
+        status[spec.url] = old.get(spec.url, {}) if isinstance(old.get(spec.url), dict) else {}
+        results.append(
+            _sync_one(
+                spec,
+                root,
+                status,
+                known_categories,
+                now,
+                **opts,
+            )
+        )
+    for folder in root.iterdir():
+        if folder.is_dir() and _ID_RE.fullmatch(folder.name) and folder.name not in keep:
+            meta = _read_json(folder / META_NAME)
+            shutil.rmtree(folder, ignore_errors=True)
+            url = str(meta.get("url", folder.name))
+            log.info("source %s removed: no longer in the sources setting", url)
+            results.append(SourceResult(REMOVED, url, str(meta.get("category", "?"))))
+    try:
+        _write_json(root / STATUS_NAME, {"updated_at": format_time(now), "sources": status})
+    except OSError as exc:
+        log.warning("cannot write %s: %s", root / STATUS_NAME, exc)
     return results

@@ -77,11 +77,16 @@ class FeedSync:
             keys_dir(s.feed_keys_dir, s.data),
             feeds_dir(s.data),
             allow_insecure=s.feed_allow_insecure,
+            timeout=s.feed_timeout_seconds,
         )
         # After the feeds: a source may name a category that a feed just defined.
         known = set(criteria_in_force(s.data))
         results += sync_sources(
-            list(s.sources), s.data, allow_insecure=s.feed_allow_insecure, known_categories=known
+            list(s.sources),
+            s.data,
+            allow_insecure=s.feed_allow_insecure,
+            timeout=s.feed_timeout_seconds,
+            known_categories=known,
         )
         return results
 
@@ -117,7 +122,9 @@ class FeedSync:
             return
         minutes = SYNC_RETRY_MINUTES[self.failures]
         self.failures += 1
-        when = datetime.now().astimezone() + timedelta(minutes=minutes, seconds=random.uniform(0, 30))
+        when = datetime.now().astimezone() + timedelta(
+            minutes=minutes, seconds=random.uniform(0, 30)
+        )
         self.scheduler.add_job(
             self.run_once,
             "date",

@@ -78,6 +78,7 @@ from agent.feed.verify import (
 
 __all__ = [
     "ACCEPTED",
+    "BUSY",
     "NOT_MODIFIED",
     "REJECTED",
     "InstalledFeed",
@@ -95,9 +96,11 @@ log = logging.getLogger("safenest.feed.sync")
 ACCEPTED = "accepted"
 NOT_MODIFIED = "not_modified"
 REJECTED = "rejected"
+BUSY = "busy"  # another sync of the same feed (or of the sources) was running: nothing done
 
 CURRENT = "current"
 STATUS_NAME = "status.json"
+RESERVED_PUBLISHER = "safenest-default"  # agent.feed.default.PUBLISHER_ID: built on the Pi only
 _VERSION_DIR_RE = re.compile(r"v([1-9][0-9]*)")
 
 
@@ -124,7 +127,9 @@ class InstalledFeed:
     @property
     def lists(self) -> tuple[tuple[FeedList, Path], ...]:
         """Each list of the manifest with the path of its verified file."""
-        return tuple((lst, self.folder.joinpath(*lst.path.split("/"))) for lst in self.manifest.lists)
+        return tuple(
+            (lst, self.folder.joinpath(*lst.path.split("/"))) for lst in self.manifest.lists
+        )
 
     def expired(self, now: datetime | None = None) -> bool:
         """A feed in force that has expired stays in force; the admin page says since when."""
@@ -142,7 +147,12 @@ def _installed(pub_dir: Path) -> InstalledFeed | None:
         log.warning("the feed in force in %s cannot be read: %s", folder, exc)
         return None
     if manifest.publisher.id != pub_dir.name:
-        log.warning("the feed in %s is from publisher %s, not %s", folder, manifest.publisher.id, pub_dir.name)
+        log.warning(
+            "the feed in %s is from publisher %s, not %s",
+            folder,
+            manifest.publisher.id,
+            pub_dir.name,
+        )
         return None
     return InstalledFeed(pub_dir.name, folder, manifest)
 
@@ -165,7 +175,9 @@ def feeds_in_force(store_dir: str | os.PathLike) -> list[InstalledFeed]:
 def read_status(store_dir: str | os.PathLike, publisher_id: str) -> dict:
     """The publisher's status.json as a dict ({} if there is none or it cannot be read)."""
     try:
-        data = json.loads((Path(store_dir) / publisher_id / STATUS_NAME).read_text(encoding="utf-8"))
+        data = json.loads(
+            (Path(store_dir) / publisher_id / STATUS_NAME).read_text(encoding="utf-8")
+        )
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
@@ -176,7 +188,7 @@ def read_status(store_dir: str | os.PathLike, publisher_id: str) -> dict:
 
 @dataclass(frozen=True)
 class SyncResult:
-    result: str  # ACCEPTED, NOT_MODIFIED or REJECTED
+    result: str  # ACCEPTED, NOT_MODIFIED, REJECTED or BUSY
     publisher_id: str
     url: str
     in_force: InstalledFeed | None  # the feed in force after this sync
@@ -187,7 +199,8 @@ class SyncResult:
 
     @property
     def ok(self) -> bool:
-        return self.result != REJECTED
+        """Accepted or not modified; a rejected or busy sync is retried."""
+        return self.result in (ACCEPTED, NOT_MODIFIED)
 
     def line(self) -> str:
         """One line for `safenest sync`."""
@@ -198,6 +211,8 @@ class SyncResult:
         in_force = f"v{self.in_force.version} in force" if self.in_force else "no version in force"
         if self.result == NOT_MODIFIED:
             return f"{who}: not modified, {in_force}"
+        if self.result == BUSY:
+            return f"{who}: {self.message}; {in_force}"
         return f"{who}: rejected: {self.reason}: {self.message}; {in_force}"
 
 
@@ -227,10 +242,21 @@ def _fsync_tree(root: Path) -> None:
         _fsync_dir(Path(dirpath))
 
 
+class Busy(Exception):
+    """Another sync holds the lock: this one does nothing and leaves everything in force."""
+
+
 @contextlib.contextmanager
-def _locked(pub_dir: Path) -> Iterator[None]:
-    with open(pub_dir / ".lock", "a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+def try_locked(lock_path: Path) -> Iterator[None]:
+    """Hold the flock on ``lock_path`` for the block, or raise :class:`Busy` at once.
+
+    Never waits: a sync stuck on a slow server (or a hung `safenest sync`) must not make the
+    scheduled sync wait behind it forever; the scheduled one retries later instead."""
+    with open(lock_path, "a") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Busy(lock_path) from None
         try:
             yield
         finally:
@@ -238,7 +264,10 @@ def _locked(pub_dir: Path) -> Iterator[None]:
 
 
 def _write_status(pub_dir: Path, status: dict) -> None:
-    write_atomic(pub_dir / STATUS_NAME, (json.dumps(status, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
+    write_atomic(
+        pub_dir / STATUS_NAME,
+        (json.dumps(status, ensure_ascii=False, indent=2) + "\n").encode("utf-8"),
+    )
 
 
 def _feed_summary(feed: InstalledFeed, now: datetime) -> dict:
@@ -282,7 +311,12 @@ def _install(pub_dir: Path, staging: Path, version: int, previous: InstalledFeed
     _fsync_dir(pub_dir)
     keep = {target.name} | ({previous.folder.name} if previous else set())
     for child in pub_dir.iterdir():
-        if child.is_dir() and not child.is_symlink() and _VERSION_DIR_RE.fullmatch(child.name) and child.name not in keep:
+        if (
+            child.is_dir()
+            and not child.is_symlink()
+            and _VERSION_DIR_RE.fullmatch(child.name)
+            and child.name not in keep
+        ):
             shutil.rmtree(child, ignore_errors=True)
     return target
 
@@ -303,23 +337,50 @@ def sync_feed(
     max_bytes: int = DEFAULT_MAX_LIST_BYTES,
     max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
     now: datetime | None = None,
+    default_feed: bool = False,
 ) -> SyncResult:
     """Sync the feed at ``url`` (its folder or its manifest.json), signed with the pinned key.
 
     ``timeout`` bounds connecting and every wait for data, ``deadline`` one whole file,
     ``max_bytes`` one list file (``max_total_bytes`` all of them). Returns what happened; only a
     pinned key that cannot be read raises :class:`FeedError` (there is then no publisher to
-    record the error for)."""
+    record the error for).
+
+    The publisher id ``safenest-default`` is reserved for the default feed built on the Pi
+    (only :mod:`agent.feed.default` passes ``default_feed=True``): any other feed claiming it
+    is refused (``reserved_publisher``) before any request, and nothing is written, since it
+    would otherwise replace the bundled lists. While another sync of the same publisher holds
+    its lock, the result is ``busy`` at once and nothing is touched."""
     url = os.fspath(url)
     key = pubkey_path if isinstance(pubkey_path, PublicKey) else load_public_key(pubkey_path)
     now = _now(now)
+    if key.publisher_id == RESERVED_PUBLISHER and not default_feed:
+        message = (
+            f"reserved publisher: the pinned key {key.key_id} is for publisher "
+            f"{RESERVED_PUBLISHER}, which is reserved for the default feed built on this device "
+            "from the bundled lists; a feed from elsewhere must use its own publisher id"
+        )
+        log.warning("feed %s rejected: %s", url, message)
+        return SyncResult(
+            REJECTED, key.publisher_id, url, None, reason="reserved_publisher", message=message
+        )
     pub_dir = Path(store_dir) / key.publisher_id
     pub_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(pub_dir):
-        return _sync_locked(
-            url, key, pub_dir, now,
-            allow_insecure=allow_insecure, timeout=timeout, deadline=deadline,
-            max_bytes=max_bytes, max_total_bytes=max_total_bytes,
+    try:
+        with try_locked(pub_dir / ".lock"):
+            return _sync_locked(
+                url, key, pub_dir, now,
+                allow_insecure=allow_insecure, timeout=timeout, deadline=deadline,
+                max_bytes=max_bytes, max_total_bytes=max_total_bytes,
+            )  # fmt: skip
+    except Busy:
+        message = f"busy: another sync of feed {key.publisher_id} is running; try again later"
+        log.warning("feed %s: %s", url, message)
+        in_force = _installed(pub_dir)
+        return SyncResult(
+            BUSY, key.publisher_id, url, in_force,
+            previous_version=in_force.version if in_force else None,
+            reason="busy", message=message,
         )  # fmt: skip
 
 
@@ -397,7 +458,9 @@ def _sync_locked(
                 if _strong_last_modified(validators):
                     headers["If-Modified-Since"] = validators["last_modified"]
             try:
-                manifest_bytes = source.read(MANIFEST_NAME, MAX_MANIFEST_BYTES, headers or None, fetched)
+                manifest_bytes = source.read(
+                    MANIFEST_NAME, MAX_MANIFEST_BYTES, headers or None, fetched
+                )
             except NotModified:
                 return finish(NOT_MODIFIED, version=prev_version, how="304")
             if manifest_bytes == prev_bytes:
@@ -427,7 +490,9 @@ def _sync_locked(
         return finish(REJECTED, version=version, reason=exc.reason, message=str(exc))
     except OSError as exc:  # the store itself: disk full, permissions
         log.warning("feed %s could not be installed: %s", url, exc)
-        return finish(REJECTED, version=version, reason="store", message=f"cannot install the feed: {exc}")
+        return finish(
+            REJECTED, version=version, reason="store", message=f"cannot install the feed: {exc}"
+        )
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
@@ -457,7 +522,9 @@ def _remembered_key(url: str, keys: list[PublicKey], store_dir: Path) -> PublicK
     if not store_dir.is_dir():
         return None
     by_id = {k.key_id: k for k in keys}
-    for pub_dir in sorted(p for p in store_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for pub_dir in sorted(
+        p for p in store_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+    ):
         status = read_status(store_dir, pub_dir.name)
         key = by_id.get(status.get("key_id"))
         if status.get("url") == url and key is not None and key.publisher_id == pub_dir.name:

@@ -122,6 +122,46 @@ def _short_error(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+MAX_REDIRECTS = 5
+_REDIRECTS = (301, 302, 303, 307, 308)
+
+
+def allowed_scheme(url: str, allow_insecure: bool) -> bool:
+    """https always; plain http only when insecure is allowed; nothing else."""
+    scheme = urlsplit(url).scheme.lower()
+    return scheme == "https" or (scheme == "http" and allow_insecure)
+
+
+def get_following_redirects(
+    session, url: str, *, allow_insecure: bool, timeout: float, headers, what: str
+):
+    """GET ``url`` (streamed), following at most MAX_REDIRECTS redirects by hand, so that every
+    hop's URL is checked *before* it is requested: an https server that redirects to plain http
+    is refused without the plain request ever being sent (requests would send it, then let us
+    look). ``what`` names the kind of download for the message. Returns the final response
+    (the caller closes it); raises FeedError for a refused hop or too many of them."""
+    hops = 0
+    while True:
+        response = session.get(
+            url, stream=True, timeout=timeout, headers=headers, allow_redirects=False
+        )
+        if response.status_code not in _REDIRECTS or "Location" not in response.headers:
+            return response
+        location = urljoin(url, response.headers["Location"])
+        response.close()
+        hops += 1
+        if not allowed_scheme(location, allow_insecure):
+            scheme = urlsplit(location).scheme.lower() or "?"
+            raise FeedError(
+                f"{url} redirected to {location} ({scheme}:), which is not allowed: {what} are "
+                "fetched over https only; the redirect was not followed",
+                "insecure",
+            )
+        if hops > MAX_REDIRECTS:
+            raise FeedError(f"cannot fetch {url}: more than {MAX_REDIRECTS} redirects", "fetch")
+        url = location
+
+
 class _HttpSource(_Source):
     def __init__(self, url: str, allow_insecure: bool, timeout: float, deadline: float) -> None:
         import requests
@@ -140,7 +180,6 @@ class _HttpSource(_Source):
         self.timeout = timeout
         self.deadline = deadline
         self.session = requests.Session()
-        self.session.max_redirects = 5
         self.session.headers["User-Agent"] = _USER_AGENT
 
     def close(self) -> None:
@@ -153,16 +192,13 @@ class _HttpSource(_Source):
         url = urljoin(self.base, rel)
         started = time.monotonic()
         try:
-            response = self.session.get(url, stream=True, timeout=self.timeout, headers=headers)
+            response = get_following_redirects(
+                self.session, url, allow_insecure=self.allow_insecure, timeout=self.timeout,
+                headers=headers, what="feeds",
+            )  # fmt: skip
         except requests.RequestException as exc:
             raise FeedError(f"cannot fetch {url}: {_short_error(exc)}", "fetch") from None
         with response:
-            final = urlsplit(response.url).scheme
-            if final != "https" and not (final == "http" and self.allow_insecure):
-                raise FeedError(
-                    f"{url} redirected to {final}:, which is not allowed: feeds are fetched over https only",
-                    "insecure",
-                )
             if response.status_code == 304 and headers:
                 raise NotModified(url)
             if response.status_code == 404:
@@ -187,7 +223,9 @@ class _HttpSource(_Source):
                 for chunk in _pieces(response):
                     total += len(chunk)
                     if total > limit:
-                        raise FeedError(f"{rel} is larger than the limit of {limit} bytes", "too_large")
+                        raise FeedError(
+                            f"{rel} is larger than the limit of {limit} bytes", "too_large"
+                        )
                     if time.monotonic() - started > self.deadline:
                         raise FeedError(
                             f"cannot fetch {url}: slower than the limit of {self.deadline:g} s",
@@ -230,7 +268,9 @@ def open_feed_source(
             )
         return _HttpSource(text, allow_insecure, timeout, deadline)
     if scheme:
-        raise FeedError(f"{text}: unsupported URL scheme {scheme!r}; give an https URL or a folder", "fetch")
+        raise FeedError(
+            f"{text}: unsupported URL scheme {scheme!r}; give an https URL or a folder", "fetch"
+        )
     path = Path(text)
     if path.is_file() and path.name == MANIFEST_NAME:
         path = path.parent
