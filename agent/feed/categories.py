@@ -240,7 +240,7 @@ DEFAULT_CATEGORIES: tuple[Category, ...] = (
         "Ads and trackers",
         "off",
         "Advertising and tracking services. Off by default: blocking them can break sites.",
-        "Not an age matter: the admin turns it on for the whole network.",
+        "Not an age matter: a parent turns it on per profile (or for every profile).",
     ),
 )
 
