@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,20 +61,56 @@ def criteria_in_force(data_dir: str | os.PathLike) -> dict[str, Category]:
 
     The default table (agent/feed/categories.py), then the default feed's table, then every
     other feed in force from the oldest ``issued_at`` to the newest (ties: by publisher id), each
-    overriding the ones before: the newest publisher wins per id, deterministically.
+    overriding the ones before: the newest publisher wins per id, deterministically (a national
+    criteria set may re-rate a category). Two limits, because a pinned third-party feed must
+    never switch protection off:
+
+    - a category that is ``always`` in the default table or in any feed in force stays
+      ``always``, whatever a newer feed says;
+    - no feed may set a default-table category to ``off`` unless the default table has it
+      ``off`` (ads_trackers): such a value is ignored, with a warning naming the feed.
     """
     from .feed.categories import DEFAULT_CATEGORIES
     from .feed.default import PUBLISHER_ID as DEFAULT_PUBLISHER
     from .feed.sync import feeds_in_force
 
-    table = {c.id: c for c in DEFAULT_CATEGORIES}
+    defaults = {c.id: c for c in DEFAULT_CATEGORIES}
+    table = dict(defaults)
+    always = {c.id for c in DEFAULT_CATEGORIES if c.min_age == "always"}
     feeds = feeds_in_force(feeds_dir(data_dir))
     feeds.sort(
         key=lambda f: (f.publisher_id != DEFAULT_PUBLISHER, f.manifest.issued_at, f.publisher_id)
     )
     for feed in feeds:
         for category in feed.manifest.categories:
+            default = defaults.get(category.id)
+            if category.min_age == "off" and default is not None and default.min_age != "off":
+                log.warning(
+                    "feed %s v%d sets category %s to off; ignored: a feed may not switch off "
+                    "a category the default table blocks (%s stays %s)",
+                    feed.publisher_id,
+                    feed.version,
+                    category.id,
+                    category.id,
+                    table[category.id].min_age,
+                )
+                continue
+            if category.min_age == "always":
+                always.add(category.id)
+            elif category.id in always:
+                log.warning(
+                    "feed %s v%d rates category %s %s; ignored: %s is blocked for everyone "
+                    "(always) by the default table or another feed in force",
+                    feed.publisher_id,
+                    feed.version,
+                    category.id,
+                    category.min_age,
+                    category.id,
+                )
             table[category.id] = category
+    for cid in always:  # whichever feed came last, an always category ends always
+        if table[cid].min_age != "always":
+            table[cid] = replace(table[cid], min_age="always")
     return table
 
 

@@ -305,6 +305,62 @@ def test_criteria_in_force_newest_publisher_wins_per_id(lists, tmp_path):
     assert decide_as(compiled, data, "bet.test") == (True, "category=gambling min_age=18+")
 
 
+def test_a_pinned_feed_cannot_switch_protection_off(lists, tmp_path, caplog):
+    data = tmp_path / "var"
+    now = datetime.now(UTC).replace(microsecond=0)
+    # An older feed adds a category of its own that is blocked for everyone.
+    scam = Category("loan_scam", Names("Tín dụng đen", "Loan sharks"), "always", "d", "b")
+    _feed_with(
+        tmp_path,
+        "old.example.vn",
+        (*_table(), scam),
+        {"gambling.txt": "b.test\n"},
+        now - timedelta(hours=3),
+    )
+    # A newer, pinned third-party feed tries to turn malware, csam, adult and its scam off,
+    # rates phishing 18+, and re-rates social networks (which it may) and ads (off stays off).
+    loose = Category("loan_scam", scam.names, "18+", "d", "b")
+    _feed_with(
+        tmp_path,
+        "loose.example",
+        (
+            *_table(
+                malware="off",
+                csam="off",
+                adult="off",
+                phishing_scam="18+",
+                social_networks="12+",
+                ads_trackers="off",
+            ),
+            loose,
+        ),
+        {"malware.txt": "evil.test\n", "adult.txt": "porn.test\n"},
+        now - timedelta(hours=1),
+    )
+    with caplog.at_level("WARNING", logger="agent.lists"):
+        criteria = criteria_in_force(data)
+    ages = {cid: c.min_age for cid, c in criteria.items()}
+    assert ages["malware"] == ages["csam"] == ages["phishing_scam"] == "always"
+    assert ages["loan_scam"] == "always"
+    assert ages["adult"] == "18+"  # the "off" is ignored: the default table's age stays
+    assert ages["social_networks"] == "12+"  # a re-rating that is not "off" applies
+    assert ages["ads_trackers"] == "off"
+    warned = [r.getMessage() for r in caplog.records]
+    for cid in ("malware", "csam", "adult"):
+        assert any(
+            m.startswith(f"feed loose.example v1 sets category {cid} to off") for m in warned
+        )
+    assert any(
+        m.startswith("feed loose.example v1 rates category phishing_scam 18+") for m in warned
+    )
+    assert any(m.startswith("feed loose.example v1 rates category loan_scam 18+") for m in warned)
+    assert not any("ads_trackers" in m or "social_networks" in m for m in warned)
+    # The resolver's decisions follow: the feed's own lists stay blocked for an adult too.
+    compiled = compile_lists(str(lists), data)
+    assert decide_as(compiled, data, "evil.test", "18+") == (True, "always=malware")
+    assert decide_as(compiled, data, "porn.test", "16+") == (True, "category=adult min_age=18+")
+
+
 def test_the_feed_default_command(lists, tmp_path, monkeypatch):
     from click.testing import CliRunner
 

@@ -393,7 +393,10 @@ def test_no_bypass_defaults_for_adults_or_when_off(snap, name):
 DEVICE_TABLE = [
     # ip, mac, expected profile id
     ("127.0.0.2", None, "lan"),  # exact IP
-    ("127.0.0.3", "aa:bb:cc:dd:ee:01", "minh"),  # IP beats MAC
+    # A known MAC beats an IP: Lan's tablet (by MAC) taking Minh's static IP stays Lan's.
+    ("127.0.0.3", "aa:bb:cc:dd:ee:01", "lan"),
+    ("127.0.0.3", "11:22:33:44:55:66", "minh"),  # an unknown MAC: the IP decides
+    ("127.0.0.3", None, "minh"),
     ("127.0.0.9", "aa:bb:cc:dd:ee:01", "lan"),  # MAC
     ("127.0.0.9", "AA-BB-CC-DD-EE-01", "lan"),  # MAC in another spelling
     ("10.7.1.5", "aa:bb:cc:dd:ee:01", "lan"),  # MAC beats CIDR
@@ -541,13 +544,32 @@ def test_decisions_change_exactly_at_next_change(snap):
 
 
 def test_ttl_cap(snap):
-    s = snap(schedules=(BEDTIME,), overrides=(Override("p", "minh", "pause", hm(9), hm(11)),))
+    s = snap(schedules=(BEDTIME,), overrides=(Override("p", "dad", "pause", hm(9), hm(11)),))
     assert s.ttl_cap("lan") == 300
-    assert s.ttl_cap("minh") == 300
-    assert s.ttl_cap("minh", now=hm(10)) == 300
-    assert s.ttl_cap("minh", now=hm(11)) is None  # the override has ended
-    assert s.ttl_cap("dad") is None
+    assert s.ttl_cap("dad") == 300
+    assert s.ttl_cap("dad", now=hm(10)) == 300
+    assert s.ttl_cap("dad", now=hm(11)) is None  # an adult's override has ended
     assert s.ttl_cap("ghost") is None
+
+
+@pytest.mark.parametrize(
+    ("profile", "now", "cap"),
+    [
+        # Every child band is capped, schedules or not, so a "pause now" acts within the cap.
+        ("lan", NOW, 300),  # 00+
+        ("minh", NOW, 300),  # 12+
+        ("linh", NOW, 300),  # 16+
+        ("default", NOW, 300),  # the default profile is a 12+ child
+        ("dad", NOW, None),  # 18+, no schedule or override
+        ("minh", datetime(2030, 5, 1, tzinfo=HCM), None),  # Minh is 18 from May 2030
+        ("minh", datetime(2030, 4, 30, 23, 59, tzinfo=HCM), 300),
+        ("minh", None, 300),  # without an instant: a child at some time
+    ],
+)
+def test_ttl_cap_for_every_child_band(snap, profile, now, cap):
+    s = snap()
+    assert (s.policy.schedules, s.policy.overrides) == ((), ())
+    assert s.ttl_cap(profile, now) == cap
     from agent.policy.model import Policy
 
     short = Policy(profiles=FAMILY, schedules=(BEDTIME,), schedule_ttl_cap=60)
@@ -569,3 +591,36 @@ def test_bad_wire_names_do_not_raise(snap):
     s = snap()
     for raw in (b"\x00", b"\x05ab\x00", b"\x3fabc", b"\x03abc\x00trailing"):
         assert decide_policy(raw, A, MINH, NOW, s).action in ("allow", "block")
+
+
+# -- a list's own age cannot switch protection off -----------------------------------------------
+
+
+def test_a_lists_own_age_cannot_switch_protection_off(tmp_path):
+    lists = {
+        "malware@18+": ("block", ("evil18.example",)),
+        "malware@off": ("block", ("eviloff.example",)),
+        "adult@off": ("block", ("porn.example",)),
+        "ads_trackers@off": ("block", ("ads.example",)),  # off in the default table: stays off
+        "sex_education@off": ("allow", ("health.porn.example",)),  # an "off" allow list: off
+        "social_networks@12+": ("block", ("social.example",)),  # a re-rating that is not off
+    }
+    index = build_test_index(tmp_path, lists)
+    try:
+        s = build_snapshot(family_policy(), CRITERIA, index, CATALOGUE)
+        for name in ("evil18.example", "eviloff.example"):
+            assert decide(s, name, DAD).reason == "always=malware"
+        assert decide(s, "porn.example", MINH).reason == "category=adult min_age=18+"
+        assert decide(s, "health.porn.example", MINH).reason == "category=adult min_age=18+"
+        assert decide(s, "porn.example", DAD).reason == "default"
+        assert decide(s, "ads.example", LAN).reason == "default"
+        assert decide(s, "social.example", LAN).reason == "category=social_networks min_age=12+"
+        assert decide(s, "social.example", MINH).reason == "default"
+        assert s.warnings == (
+            "lists labelled adult@off: a feed may not switch adult off; its block lists are "
+            "blocked as adult (18+), its allow lists stay off",
+            "lists labelled sex_education@off: a feed may not switch sex_education off; its "
+            "block lists are blocked as sex_education (12+), its allow lists stay off",
+        )
+    finally:
+        index.close()

@@ -200,6 +200,33 @@ def test_a_feed_category_rated_always_cannot_be_loosened():
     assert "profiles[1].categories.terror" in str(caught.value)
 
 
+def test_the_bundled_always_categories_stay_protected_whatever_the_table_passed_says():
+    # A criteria table in which a feed "switched malware off" must not open the door.
+    loosened = {**KNOWN, "malware": "off", "csam": "18+"}
+    doc = family_doc()
+    doc["profiles"][1]["categories"] = {"malware": "allow", "csam": "allow"}
+    doc["overrides"] = [
+        {
+            "id": "r",
+            "profile": "lan",
+            "kind": "reward",
+            "starts": "2026-11-28T09:00:00Z",
+            "until": "2026-11-28T10:00:00Z",
+            "categories": ["phishing_scam"],
+        }
+    ]
+    with pytest.raises(PolicyDocumentError) as caught:
+        from_document(doc, loosened, SERVICES)
+    assert caught.value.problems == [
+        'profiles[1].categories.malware: "malware" is blocked for everyone (always) and cannot be loosened',
+        'profiles[1].categories.csam: "csam" is blocked for everyone (always) and cannot be loosened',
+        'overrides[0].categories: "phishing_scam" is blocked for everyone (always): no reward grants it',
+    ]
+    doc["profiles"][1]["categories"] = {"malware": "block"}  # tightening is fine
+    doc["overrides"] = []
+    assert from_document(doc, loosened, SERVICES).profiles[1].categories == {"malware": "block"}
+
+
 # ---------------------------------------------------------------- each check, with its path
 
 

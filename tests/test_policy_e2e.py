@@ -295,7 +295,7 @@ def test_a_schedule_window_starts_while_the_server_runs(start):
     assert addresses(ask(server, "www.example.test", client=TEEN)) == ["192.0.2.10"]  # only Lan's
 
 
-def test_ttls_are_capped_for_a_profile_with_a_schedule(start):
+def test_ttls_are_capped_for_every_child_not_for_an_adult_without_schedules(start):
     later = Schedule(
         "school",
         "lan",
@@ -306,12 +306,22 @@ def test_ttls_are_capped_for_a_profile_with_a_schedule(start):
         "block",
         frozenset({"online_games"}),
     )
-    server = start(family(schedules=(later,)))
+    year = datetime.now(ZONE).year
+    adult_default = Profile("default", "Default", kind="adult", band="18+")
+    profiles = (
+        adult_default,
+        Profile("lan", "Lan", birth=(year - 9, 1)),
+        Profile("minh", "Minh", birth=(year - 14, 1)),
+    )
+    server = start(family(schedules=(later,), profiles=profiles))
     for tcp in (False, True):  # forwarded first, then from the cache
         kid = ask(server, "www.example.test", client=KID, tcp=tcp)
         assert addresses(kid) == ["192.0.2.10"] and kid.answer[0].ttl <= 300
-    teen = ask(server, "www.example.test", client=TEEN)
-    assert teen.answer[0].ttl > 3000  # no schedule: the upstream's TTL
+        # Minh has no schedule, but a "pause now" must reach a child's device within the cap.
+        teen = ask(server, "www.example.test", client=TEEN, tcp=tcp)
+        assert addresses(teen) == ["192.0.2.10"] and teen.answer[0].ttl <= 300
+    adult = ask(server, "www.example.test", client=UNKNOWN)
+    assert adult.answer[0].ttl > 3000  # an adult without schedules: the upstream's TTL
     query = dns.message.make_query("www.example.test", "A", use_edns=0)
     for _ in range(3):  # replayed answers stay capped too
         again = dns.query.udp(query, server.host, port=server.port, source=KID, timeout=5)

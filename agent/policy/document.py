@@ -134,9 +134,15 @@ def default_known_categories() -> dict[str, str]:
 
 
 def always_categories(known_categories: Mapping[str, str] | None) -> frozenset[str]:
-    """The categories blocked for everyone: a parent may not loosen them, a reward never grants them."""
-    table = default_known_categories() if known_categories is None else known_categories
-    return frozenset(cid for cid, min_age in table.items() if min_age == "always")
+    """The categories blocked for everyone: a parent may not loosen them, a reward never grants them.
+
+    The bundled table's ``always`` categories are always among them, whatever `known_categories`
+    says: a criteria table loosened by a feed must not open them to a profile."""
+    bundled = default_known_categories()
+    table = {} if known_categories is None else known_categories
+    return frozenset(
+        cid for t in (bundled, table) for cid, min_age in t.items() if min_age == "always"
+    )
 
 
 # ---------------------------------------------------------------- policy -> document

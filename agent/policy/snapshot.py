@@ -29,6 +29,7 @@ from datetime import UTC, datetime, tzinfo
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from ..feed.categories import DEFAULT_CATEGORIES
 from ..index import DomainIndex, Match, normalize_domain, to_wire
 from .bands import ADULT_BAND, band_at, band_changes, is_child_band
 from .decision import Decision
@@ -55,6 +56,7 @@ FILTER_BYPASS = "filter_bypass"
 YOUTUBE = "youtube"  # the engine whose level comes from Profile.youtube, not Profile.safesearch
 UNKNOWN_MIN_AGE = "18+"
 _NEVER = datetime.max.replace(tzinfo=UTC)
+_DEFAULT_AGES = {c.id: c.min_age for c in DEFAULT_CATEGORIES}
 _BAND_RANK = {b: i for i, b in enumerate(BANDS)}
 
 
@@ -185,16 +187,19 @@ class PolicySnapshot:
     # -- who is asking ---------------------------------------------------------------------
 
     def profile_for(self, ip: str, mac: str | None = None) -> Profile:
-        """The device's profile: by exact IP, then MAC, then the longest matching CIDR, then
-        the default profile."""
-        pid = self._by_ip.get(ip)
+        """The device's profile: by MAC, then exact IP, then the longest matching CIDR, then
+        the default profile.
+
+        A known MAC comes first: a child's phone assigned by MAC that takes a parent's static IP
+        must keep the child's profile (docs/policy.md, "How devices are recognised")."""
+        pid = self._by_mac.get(_normal_mac(mac)) if mac else None
         addr = None
+        if pid is None:
+            pid = self._by_ip.get(ip)
         if pid is None:
             addr = _parse_ip(ip)
             if addr is not None:
                 pid = self._by_ip.get(str(addr))
-        if pid is None and mac:
-            pid = self._by_mac.get(_normal_mac(mac))
         if pid is None and addr is not None:
             for net, net_pid in self._by_cidr:  # longest prefix first
                 if addr.version == net.version and addr in net:
@@ -268,13 +273,20 @@ class PolicySnapshot:
         return best.astimezone(UTC) if best is not None else None
 
     def ttl_cap(self, profile_id: str, now: datetime | None = None) -> int | None:
-        """`policy.schedule_ttl_cap` for a profile with schedules or overrides (with `now`,
-        only overrides that have not ended count), else None: answers to it must not outlive
-        a window or override starting soon."""
+        """`policy.schedule_ttl_cap` for a profile in a child band (00+ to 16+; without `now`, one
+        that can be in a child band), or with schedules or overrides (with `now`, only overrides
+        that have not ended count), else None.
+
+        Every child is capped, not only those with schedules: a parent's "pause now" or a new
+        bedtime must reach a device within the cap, not after its hours-long cached answers."""
         cp = self.profiles.get(profile_id)
         if cp is None:
             return None
-        if cp.windows or any(now is None or o.until > now for o in cp.overrides):
+        if now is None:
+            child = any(t.child for t in cp.tables.values())
+        else:
+            child = is_child_band(band_at(cp.profile, now, self.zone))
+        if child or cp.windows or any(now is None or o.until > now for o in cp.overrides):
             return self.policy.schedule_ttl_cap
         return None
 
@@ -297,7 +309,7 @@ def build_snapshot(
     engines = dict(catalogue.safesearch) if catalogue is not None else {}
 
     labels = sorted(set(index.categories))
-    label_info = {lab: _label_info(lab, criteria) for lab in labels}
+    label_info = {lab: _label_info(lab, criteria, warnings) for lab in labels}
     always = {lab: cat for lab, (cat, age) in label_info.items() if age == "always"}
 
     profiles_list = list(policy.profiles)
@@ -408,13 +420,25 @@ def _zone(name: str, warnings: list[str]) -> tzinfo:
         return ZoneInfo(DEFAULT_TIMEZONE)
 
 
-def _label_info(label: str, criteria: Mapping[str, Any]) -> tuple[str, str]:
-    """(category id, effective min_age) of an index label ``id`` or ``id@band``."""
+def _label_info(label: str, criteria: Mapping[str, Any], warnings: list[str]) -> tuple[str, str]:
+    """(category id, effective min_age) of an index label ``id`` or ``id@band``.
+
+    A list's own age cannot switch protection off (a feed's list is a feed's word, like its
+    categories, agent.lists.criteria_in_force): a list of an ``always`` category is ``always``,
+    and a list ``off`` in a category the default table blocks is blocked from the category's age.
+    """
     category, at, band = label.partition("@")
-    if at:
-        return category, band
     known = criteria.get(category)
-    return category, getattr(known, "min_age", None) or UNKNOWN_MIN_AGE
+    age = getattr(known, "min_age", None) or UNKNOWN_MIN_AGE
+    if not at or age == "always":
+        return category, age
+    if band == "off" and _DEFAULT_AGES.get(category, "off") != "off":
+        warnings.append(
+            f"lists labelled {label}: a feed may not switch {category} off; its block lists "
+            f"are blocked as {category} ({age}), its allow lists stay off"
+        )
+        return category, age
+    return category, band
 
 
 def _blocked_by_age(min_age: str, band: str) -> bool:
@@ -459,7 +483,9 @@ def _compile_profile(
                 blocked[lab] = (f"category={cat} choice=block", cat, age)
             elif choice is None and _blocked_by_age(age, band):
                 blocked[lab] = (f"category={cat} min_age={age}", cat, age)
-            if choice == "allow" or (choice is None and _allow_applies(age, band)):
+            # An allow list "off" stays off (its block side may have been kept on, above).
+            by_age = not lab.endswith("@off") and _allow_applies(age, band)
+            if choice == "allow" or (choice is None and by_age):
                 allows[lab] = cat
         child = is_child_band(band)
         t = BandTables(p.id, band, child, blocked, allows, {}, Decision("allow", "default"))
