@@ -553,12 +553,15 @@ def sync_pinned(
     store = Path(store_dir)
     opts = dict(allow_insecure=allow_insecure, timeout=timeout, deadline=deadline, now=now, **kw)
     key = _remembered_key(url, keys, store)
+    remembered: SyncResult | None = None
     if key is not None:
-        result = sync_feed(url, key, store, **opts)
-        if result.reason != "wrong_key":
-            return result
+        remembered = sync_feed(url, key, store, **opts)
+        if remembered.reason != "wrong_key":
+            return remembered
 
     def rejected(reason: str, message: str, publisher: str = "?") -> SyncResult:
+        if remembered is not None:  # its error is the one status.json records: report the same
+            return remembered
         log.warning("feed %s rejected: %s", url, message)
         return SyncResult(REJECTED, publisher, url, None, reason=reason, message=message)
 
