@@ -17,9 +17,16 @@ import logging
 import signal
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from .devices import NeighbourTable, SeenClients, check_router_forwarding, default_gateways
+from .devices import (
+    NeighbourTable,
+    RandomizedMacWarnings,
+    SeenClients,
+    check_router_forwarding,
+    default_gateways,
+    randomized_assignment_text,
+)
 from .devices.neighbours import REFRESH_SECONDS as NEIGHBOURS_REFRESH
 from .devices.neighbours import canonical_ip
 from .dns.cache import AnswerCache
@@ -35,7 +42,7 @@ from .dns.upstream import Forwarder
 from .feed.schedule import FeedSync
 from .lists import compile_lists, last_good, load_lists
 from .settings import Settings
-from .storage.policy_store import open_policy_store
+from .storage.policy_store import SEEN_KEEP_DAYS, open_policy_store
 from .upstreams import choose_upstreams
 
 log = logging.getLogger("safenest")
@@ -105,6 +112,7 @@ class Agent:
         self.seen = SeenClients(self.neighbours)  # for the admin page and the router check
         self.policy.seen = self.seen
         self._router_warned = False
+        self._randomized_warned = RandomizedMacWarnings()  # each MAC once per run
         self.steps = build_chain(
             self.gate,
             LocalNames(s.local_names, s.local_addresses),
@@ -250,15 +258,31 @@ class Agent:
         async def drain():  # SeenClients is the loop's: drain it there
             return self.seen.drain()
 
+        try:  # a device assigned by a randomized MAC may stop being recognised: once per MAC
+            for device in self._randomized_warned.new(self.policy.snapshot.policy.devices):
+                log.warning("policy: %s", randomized_assignment_text(device).en)
+        except Exception as exc:  # the watcher thread must go on
+            log.warning("cannot check the devices' MACs: %s", exc)
         if self.store is None:
             return
         try:
             batch = asyncio.run_coroutine_threadsafe(drain(), self._loop).result(timeout=5)
             rows = [
-                (canonical_ip(c.ip) or c.ip, c.mac, c.queries, datetime.fromtimestamp(c.last_seen, UTC))
+                (
+                    canonical_ip(c.ip) or c.ip,
+                    c.mac,
+                    c.queries,
+                    datetime.fromtimestamp(c.first_seen, UTC),
+                    datetime.fromtimestamp(c.last_seen, UTC),
+                )
                 for c in batch
             ]
-            self.store.record_seen(rows)
+            recorded = self.store.record_seen(rows)
+            if recorded.skipped:
+                skipped = recorded.skipped
+                log.warning("%d clients seen were not recorded, e.g. %s", len(skipped), skipped[0])
+            # Bounded: phones change addresses, and spoofed sources must not fill the database.
+            self.store.forget_seen(datetime.now(UTC) - timedelta(days=SEEN_KEEP_DAYS))
             warning = check_router_forwarding(self.seen.query_counts(), default_gateways())
         except Exception as exc:
             log.warning("cannot record the clients seen: %s", exc)

@@ -13,6 +13,7 @@ from agent.devices import (
     RANDOMIZED_MAC_REASON,
     ROUTER_FORWARDING_TEXT,
     NeighbourTable,
+    RandomizedMacWarnings,
     SeenClients,
     check_router_forwarding,
     default_gateways,
@@ -20,6 +21,8 @@ from agent.devices import (
     normalize_mac,
     parse_ip_neigh_json,
     parse_proc_arp,
+    randomized_assignment_text,
+    randomized_assignments,
 )
 from agent.devices import neighbours as neighbours_module
 from agent.devices.router import parse_proc_ipv6_route, parse_proc_route
@@ -205,6 +208,30 @@ def test_randomized_mac_rejects_non_macs_and_explains():
         is_randomized_mac("192.168.1.1")
     assert "MAC" in RANDOMIZED_MAC_REASON.en and "Private Wi-Fi" in RANDOMIZED_MAC_REASON.en
     assert "MAC" in RANDOMIZED_MAC_REASON.vi and "riêng tư" in RANDOMIZED_MAC_REASON.vi
+
+
+def test_devices_assigned_by_a_randomized_mac_are_warned_about_once_per_mac():
+    devices = [
+        Device("phone", "Lan's phone", "mac", "3A-7F-10-AA-BB-CC", "lan"),  # randomized
+        Device("tablet", "", "mac", "f0:18:98:5e:4d:3c", "lan"),  # burned in
+        Device("laptop", "Minh's laptop", "ip", "192.168.1.31", "minh"),
+        Device("other", "", "mac", "de:ad:be:ef:00:01", "minh"),  # randomized
+        Device("broken", "", "mac", "not a mac", "minh"),
+    ]
+    assert [d.id for d in randomized_assignments(devices)] == ["phone", "other"]
+    warned = RandomizedMacWarnings()
+    assert [d.id for d in warned.new(devices)] == ["phone", "other"]
+    assert warned.new(devices) == []  # once per MAC
+    renamed = Device("phone2", "", "mac", "3a:7f:10:aa:bb:cc", "minh")
+    assert warned.new([renamed]) == []  # the same MAC, whatever the entry
+    assert [d.id for d in warned.new([Device("new", "", "mac", "02:00:00:00:00:01", "lan")])] == [
+        "new"
+    ]
+    text = randomized_assignment_text(devices[0])
+    assert text.en.startswith("device phone (Lan's phone) is assigned by MAC 3a:7f:10:aa:bb:cc,")
+    assert "fixed IP" in text.en
+    assert text.vi.startswith("thiết bị phone (Lan's phone) được gán theo MAC 3a:7f:10:aa:bb:cc,")
+    assert "IP cố định" in text.vi
 
 
 # ---------------------------------------------------------------- clients seen

@@ -175,3 +175,30 @@ def test_the_installed_script_exports_and_imports(data, family_file, tmp_path):
     assert refused.returncode == 1
     assert "profiles[1].birth.month: 13 is not a month (1-12)" in refused.stderr
     assert open_policy_store(data).load() == family()
+
+
+def test_import_warns_about_each_device_assigned_by_a_randomized_mac(data, tmp_path):
+    doc = tomllib.loads(doc_examples()["family"])
+    doc["devices"][0]["value"] = "3A:7F:10:AA:BB:CC"  # Lan's phone: a private Wi-Fi address
+    doc["devices"].append(
+        {"id": "guest-phone", "match": "mac", "value": "da:a1:19:00:00:01", "profile": "lan"}
+    )
+    path = tmp_path / "randomized.json"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    for args in (["--dry-run"], []):
+        result = run("policy", "import", str(path), "--data", str(data), *args)
+        assert result.exit_code == 0, result.output
+        warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+        assert warnings == [
+            "warning: devices[0]: device lan-phone (Lan's phone) is assigned by MAC "
+            "3a:7f:10:aa:bb:cc, a randomized (private Wi-Fi) address: when it changes, this "
+            "entry no longer recognises the device. Turn the private address off for this "
+            "network, or give it a fixed IP in the router and assign that.",
+            "warning: devices[3]: device guest-phone is assigned by MAC da:a1:19:00:00:01, a "
+            "randomized (private Wi-Fi) address: when it changes, this entry no longer "
+            "recognises the device. Turn the private address off for this network, or give it "
+            "a fixed IP in the router and assign that.",
+        ]
+        assert "warning" not in result.stdout
+    assert "applied (policy revision 1)" in result.stdout
+    assert open_policy_store(data).load().devices[0].value == "3a:7f:10:aa:bb:cc"

@@ -371,6 +371,32 @@ def test_clients_seen_are_recorded_for_the_admin_page(start):
     assert [d.ip for d in store_of(server).unassigned_devices()] == [UNKNOWN]
 
 
+def test_the_seen_flush_forgets_old_devices_and_warns_once_per_randomized_mac(start, caplog):
+    phone = Device("lan-phone", "Lan's phone", "mac", "3a:11:22:33:44:55", "lan")  # randomized
+    tablet = Device("tablet", "Tablet", "mac", "3c:22:fb:10:20:30", "lan")  # a maker's address
+    server = start(family(devices=(phone, tablet)))
+    store = store_of(server)
+    long_ago = datetime.now(UTC) - timedelta(days=31)
+    recently = datetime.now(UTC) - timedelta(days=29)
+    store.record_seen(
+        [("10.9.0.1", None, 5, long_ago, long_ago), ("10.9.0.2", None, 5, long_ago, recently)]
+    )
+    ask(server, "www.example.test", client=UNKNOWN)
+    with caplog.at_level("WARNING", logger="safenest"):
+        server.agent._flush_seen()
+        server.agent._flush_seen()  # the next minute: no second warning
+    seen = {d.ip: d for d in store.seen_devices()}
+    assert set(seen) == {"10.9.0.2", UNKNOWN}  # unseen for 30 days: forgotten
+    assert seen["10.9.0.2"].first_seen == long_ago
+    warnings = [r.getMessage() for r in caplog.records if "randomized" in r.getMessage()]
+    assert warnings == [
+        "policy: device lan-phone (Lan's phone) is assigned by MAC 3a:11:22:33:44:55, a "
+        "randomized (private Wi-Fi) address: when it changes, this entry no longer recognises "
+        "the device. Turn the private address off for this network, or give it a fixed IP in "
+        "the router and assign that."
+    ]
+
+
 def test_a_damaged_policy_database_still_filters_with_the_default_profile(
     tmp_path, upstream, lists
 ):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import tomllib
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -78,6 +80,32 @@ def test_reopening_migrates_nothing_and_keeps_the_data(tmp_path, store):
     assert again.load() == family()
     assert again.revision() == revision
     assert rows(tmp_path, "SELECT count(*) FROM profiles WHERE id = 'default'") == [(1,)]
+
+
+def test_the_data_folder_and_database_files_are_private(tmp_path):
+    data = tmp_path / "var"
+    store = open_policy_store(data)
+    store.replace(family())  # names children and their birth months
+    store.record_seen([("10.0.5.8", None, 1, NOW, NOW)])
+    names = {p.name for p in data.iterdir()}
+    assert {"safenest.db", "safenest.db-wal", "safenest.db-shm"} <= names
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    for name in ("safenest.db", "safenest.db-wal", "safenest.db-shm"):
+        assert stat.S_IMODE((data / name).stat().st_mode) == 0o600, name
+    store.database.close()
+
+
+def test_an_existing_open_data_folder_and_file_are_made_private(tmp_path):
+    data = tmp_path / "var"
+    data.mkdir(mode=0o755)
+    os.chmod(data, 0o755)  # as another part of SafeNest (the lists) may have made it
+    first = open_policy_store(data)
+    first.database.close()
+    os.chmod(policy_db_path(data), 0o644)
+    again = open_policy_store(data)
+    assert again.load() == default_policy()
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    assert stat.S_IMODE(policy_db_path(data).stat().st_mode) == 0o600
 
 
 # ---------------------------------------------------------------- round trips
@@ -167,7 +195,7 @@ def test_every_policy_write_bumps_the_revision_and_seen_devices_do_not(store):
     store.save_options(timezone="UTC")
     revisions.append(store.revision())
     assert revisions == [0, 1, 2, 3, 4, 5, 6]
-    store.record_seen([("192.168.1.50", None, 3, NOW)])
+    store.record_seen([("192.168.1.50", None, 3, NOW, NOW)])
     assert store.revision() == 6
     assert store.prune_overrides(NOW) == 0
     assert store.revision() == 6
@@ -322,19 +350,20 @@ def test_seen_devices_add_up_and_unassigned_ones_are_listed(store):
     t1, t2 = NOW, NOW + timedelta(minutes=5)
     store.record_seen(
         [
-            ("10.0.7.23", None, 10, t2),  # in the 7A subnet
-            ("10.0.5.8", "AA:BB:CC:00:11:22", 4, t1),
-            ("10.0.5.9", None, 1, t1),
+            ("10.0.7.23", None, 10, t2, t2),  # in the 7A subnet
+            ("10.0.5.8", "AA:BB:CC:00:11:22", 4, t1, t1),
+            ("10.0.5.9", None, 1, t1, t1),
         ]
     )
+    early = t1 - timedelta(minutes=1)
     store.record_seen(
-        [("10.0.5.8", None, 6, t2), ("10.0.5.9", "02:00:00:00:00:09", 2, t1 - timedelta(minutes=1))]
+        [("10.0.5.8", None, 6, t2, t2), ("10.0.5.9", "02:00:00:00:00:09", 2, early, t1)]
     )
     seen = {s.ip: s for s in store.seen_devices()}
     assert seen["10.0.5.8"].queries == 10
     assert seen["10.0.5.8"].mac == "aa:bb:cc:00:11:22"  # kept when a later batch has none
     assert (seen["10.0.5.8"].first_seen, seen["10.0.5.8"].last_seen) == (t1, t2)
-    assert seen["10.0.5.9"].first_seen == t1 - timedelta(minutes=1)
+    assert seen["10.0.5.9"].first_seen == early
     assert [s.ip for s in store.unassigned_devices()] == ["10.0.5.8", "10.0.5.9"]
     store.save_device(Device("printer", "", "mac", "aa:bb:cc:00:11:22", "staff"))
     assert [s.ip for s in store.unassigned_devices()] == ["10.0.5.9"]
@@ -343,10 +372,104 @@ def test_seen_devices_add_up_and_unassigned_ones_are_listed(store):
     assert [s.ip for s in store.seen_devices()] == ["10.0.5.8", "10.0.7.23"]
 
 
-def test_a_bad_seen_entry_is_refused_before_anything_is_written(store):
-    store.record_seen([("10.0.5.8", None, 1, NOW)])
-    with pytest.raises(ValueError, match="not a MAC address"):
-        store.record_seen([("10.0.5.8", None, 5, NOW), ("10.0.5.9", "zz", 1, NOW)])
-    with pytest.raises(ValueError):
-        store.record_seen([("not-an-ip", None, 1, NOW)])
-    assert [(s.ip, s.queries) for s in store.seen_devices()] == [("10.0.5.8", 1)]
+def test_the_real_first_seen_time_is_kept(store):
+    t0 = NOW - timedelta(seconds=50)  # the first query of the window, not the flush time
+    store.record_seen([("10.0.5.8", None, 3, t0, NOW)])
+    store.record_seen(
+        [("10.0.5.8", None, 2, NOW + timedelta(minutes=1), NOW + timedelta(minutes=2))]
+    )
+    (seen,) = store.seen_devices()
+    assert (seen.first_seen, seen.last_seen, seen.queries) == (t0, NOW + timedelta(minutes=2), 5)
+
+
+def test_randomized_macs_are_stored(tmp_path, store):
+    store.record_seen(
+        [
+            ("10.0.5.8", "3A:11:22:33:44:55", 1, NOW, NOW),  # 0x3a: locally administered
+            ("10.0.5.9", "3c:22:fb:10:20:30", 1, NOW, NOW),  # a manufacturer's address
+            ("10.0.5.10", None, 1, NOW, NOW),
+        ]
+    )
+    flags = {s.ip: s.randomized for s in store.seen_devices()}
+    assert flags == {"10.0.5.8": True, "10.0.5.9": False, "10.0.5.10": False}
+    later = NOW + timedelta(minutes=1)
+    # A batch without the MAC keeps the flag; a new MAC on the address sets it again.
+    store.record_seen(
+        [("10.0.5.8", None, 1, later, later), ("10.0.5.9", "02:00:00:00:00:01", 1, later, later)]
+    )
+    flags = {s.ip: s.randomized for s in store.seen_devices()}
+    assert flags == {"10.0.5.8": True, "10.0.5.9": True, "10.0.5.10": False}
+    assert rows(tmp_path, "SELECT ip FROM seen_devices WHERE randomized = 1 ORDER BY ip") == [
+        ("10.0.5.8",),
+        ("10.0.5.9",),
+    ]
+
+
+def test_migration_2_marks_the_randomized_macs_already_seen(tmp_path):
+    version_1 = Database(policy_db_path(tmp_path), MIGRATIONS[:1])
+    version_1.conn.executemany(
+        "INSERT INTO seen_devices (ip, mac, first_seen, last_seen, queries) VALUES (?, ?, ?, ?, 1)",
+        [
+            (f"10.0.0.{n}", mac, "2026-11-28T09:00:00.000000Z", "2026-11-28T09:00:00.000000Z")
+            for n, mac in enumerate(
+                [
+                    None,
+                    "00:11:22:33:44:55",
+                    "f2:11:22:33:44:55",
+                    "0e:00:00:00:00:01",
+                    "a6:00:00:00:00:01",
+                    "fc:00:00:00:00:01",
+                ]
+            )
+        ],
+    )
+    version_1.close()
+    store = open_policy_store(tmp_path)
+    assert store.database.schema_version() == 2
+    flags = {s.mac: s.randomized for s in store.seen_devices()}
+    assert flags == {
+        None: False,
+        "00:11:22:33:44:55": False,
+        "f2:11:22:33:44:55": True,
+        "0e:00:00:00:00:01": True,
+        "a6:00:00:00:00:01": True,
+        "fc:00:00:00:00:01": False,
+    }
+
+
+def test_a_bad_seen_entry_is_skipped_and_counted_the_rest_is_kept(store):
+    store.record_seen([("10.0.5.8", None, 1, NOW, NOW)])
+    naive = datetime(2026, 11, 28, 9, 0)
+    result = store.record_seen(
+        [
+            ("10.0.5.8", None, 5, NOW, NOW),
+            ("10.0.5.9", "zz", 1, NOW, NOW),
+            ("not-an-ip", None, 1, NOW, NOW),
+            ("10.0.5.10", None, -1, NOW, NOW),
+            ("10.0.5.11", None, 1, naive, naive),
+            ("10.0.5.12", None, 1, NOW + timedelta(seconds=1), NOW),
+            ("10.0.5.13", None, 1, "yesterday", NOW),
+            ("10.0.5.14",),
+            ("10.0.5.15", None, 2, NOW, NOW),
+        ]
+    )
+    assert result.written == 2
+    assert len(result.skipped) == 7
+    assert "'zz' is not a MAC address" in result.skipped[0]
+    assert [(s.ip, s.queries) for s in store.seen_devices()] == [("10.0.5.15", 2), ("10.0.5.8", 6)]
+
+
+def test_seen_devices_are_capped_to_the_most_recently_seen(store, monkeypatch):
+    monkeypatch.setattr(store_module, "SEEN_MAX_ROWS", 50)
+    old = [(f"10.1.0.{n}", None, 1, NOW, NOW + timedelta(seconds=n)) for n in range(40)]
+    store.record_seen(old)
+    later = NOW + timedelta(minutes=1)
+    # A burst of spoofed sources: the newest 50 rows stay, the oldest go first.
+    spoofed = [(f"10.2.{n // 250}.{n % 250}", None, 1, later, later) for n in range(30)]
+    assert store.record_seen(spoofed).written == 30
+    seen = store.seen_devices()
+    assert len(seen) == 50
+    assert sum(s.ip.startswith("10.2.") for s in seen) == 30
+    assert {s.ip for s in seen if s.ip.startswith("10.1.")} == {
+        f"10.1.0.{n}" for n in range(20, 40)
+    }

@@ -5,7 +5,14 @@ and receives the results as values. Nothing here runs on the hot path except
 `NeighbourTable.lookup` and `SeenClients.note`, each a dict operation.
 """
 
-from agent.devices.mac import RANDOMIZED_MAC_REASON, is_randomized_mac, normalize_mac
+from agent.devices.mac import (
+    RANDOMIZED_MAC_REASON,
+    RandomizedMacWarnings,
+    is_randomized_mac,
+    normalize_mac,
+    randomized_assignment_text,
+    randomized_assignments,
+)
 from agent.devices.neighbours import NeighbourTable, parse_ip_neigh_json, parse_proc_arp
 from agent.devices.router import (
     ROUTER_FORWARDING_TEXT,
@@ -18,6 +25,7 @@ from agent.devices.seen import SeenClient, SeenClients
 __all__ = [
     "NeighbourTable",
     "RANDOMIZED_MAC_REASON",
+    "RandomizedMacWarnings",
     "ROUTER_FORWARDING_TEXT",
     "RouterForwarding",
     "SeenClient",
@@ -28,4 +36,6 @@ __all__ = [
     "normalize_mac",
     "parse_ip_neigh_json",
     "parse_proc_arp",
+    "randomized_assignment_text",
+    "randomized_assignments",
 ]

@@ -1,12 +1,26 @@
-"""MAC addresses: one normal form, and whether an address is randomized."""
+"""MAC addresses: one normal form, whether an address is randomized, and the warnings for a
+device assigned by a randomized MAC (logged once per MAC by the agent, printed by
+`safenest policy import`)."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from agent.feed.format import Names
 
-__all__ = ["RANDOMIZED_MAC_REASON", "is_randomized_mac", "normalize_mac"]
+if TYPE_CHECKING:
+    from agent.policy.model import Device
+
+__all__ = [
+    "RANDOMIZED_MAC_REASON",
+    "RandomizedMacWarnings",
+    "is_randomized_mac",
+    "normalize_mac",
+    "randomized_assignments",
+    "randomized_assignment_text",
+]
 
 _SEPARATED = re.compile(r"^[0-9a-f]{1,2}([:-])[0-9a-f]{1,2}(\1[0-9a-f]{1,2}){4}$")
 _BARE = re.compile(r"^[0-9a-f]{12}$")
@@ -56,3 +70,47 @@ def is_randomized_mac(mac: str) -> bool:
     if norm is None:
         raise ValueError(f"not a MAC address: {mac!r}")
     return bool(int(norm[:2], 16) & 0x02)
+
+
+def randomized_assignments(devices: Iterable[Device]) -> list[Device]:
+    """The devices assigned by a MAC whose locally administered bit is set, in order."""
+    out = []
+    for d in devices:
+        if d.match == "mac" and normalize_mac(d.value) is not None and is_randomized_mac(d.value):
+            out.append(d)
+    return out
+
+
+def randomized_assignment_text(device: Device) -> Names:
+    """One line, in Vietnamese and English, about a device assigned by a randomized MAC."""
+    mac = normalize_mac(device.value) or device.value
+    name = f"{device.id} ({device.name})" if device.name else device.id
+    return Names(
+        vi=(
+            f"thiết bị {name} được gán theo MAC {mac}, một địa chỉ ngẫu nhiên (địa chỉ Wi-Fi "
+            "riêng tư): khi địa chỉ đổi, mục này không còn nhận ra thiết bị. Tắt địa chỉ "
+            "riêng tư cho mạng này, hoặc đặt IP cố định trong router rồi gán theo IP."
+        ),
+        en=(
+            f"device {name} is assigned by MAC {mac}, a randomized (private Wi-Fi) address: "
+            "when it changes, this entry no longer recognises the device. Turn the private "
+            "address off for this network, or give it a fixed IP in the router and assign that."
+        ),
+    )
+
+
+class RandomizedMacWarnings:
+    """Which randomized MACs were already warned about: each is warned about once per run."""
+
+    def __init__(self) -> None:
+        self._warned: set[str] = set()
+
+    def new(self, devices: Iterable[Device]) -> list[Device]:
+        """The devices assigned by a randomized MAC not warned about yet (now marked warned)."""
+        out = []
+        for d in randomized_assignments(devices):
+            mac = normalize_mac(d.value)
+            if mac not in self._warned:
+                self._warned.add(mac)
+                out.append(d)
+        return out

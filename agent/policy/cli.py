@@ -3,7 +3,8 @@
 Backups are one command, and a school can keep its policy in a file under version control.
 Import checks the whole file first (docs/policy.md) and prints every bad field with its path;
 on any error nothing is applied (exit 1). A good file replaces the stored policy in one
-transaction, and the command prints what changed.
+transaction, and the command prints what changed. A device assigned by a randomized MAC is a
+warning, not an error: it is applied, and the line says why the entry may stop working.
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ import click
 from .document import FORMATS, PolicyDocumentError, default_known_categories, dumps, loads
 from .model import Policy
 
-__all__ = ["policy", "known_categories", "known_services", "describe_changes"]
+__all__ = [
+    "policy",
+    "known_categories",
+    "known_services",
+    "describe_changes",
+    "randomized_mac_warnings",
+]
 
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
 
@@ -40,6 +47,19 @@ def known_services() -> frozenset[str] | None:
     except ImportError:
         return None
     return frozenset(load_catalogue().services)
+
+
+def randomized_mac_warnings(policy: Policy) -> list[str]:
+    """One line per device assigned by a randomized MAC (it may change: the entry would stop
+    recognising the device), with the device's path in the document."""
+    from agent.devices.mac import randomized_assignment_text, randomized_assignments
+
+    flagged = {id(d) for d in randomized_assignments(policy.devices)}
+    return [
+        f"devices[{i}]: {randomized_assignment_text(d).en}"
+        for i, d in enumerate(policy.devices)
+        if id(d) in flagged
+    ]
 
 
 def describe_changes(old: Policy, new: Policy) -> list[str]:
@@ -194,6 +214,8 @@ def import_command(file, fmt, dry_run, config, data) -> None:
         raise click.ClickException(
             f"{file}: {count} problem{'s' if count != 1 else ''}, nothing was applied:\n{problems}"
         ) from None
+    for warning in randomized_mac_warnings(new):
+        click.echo(f"warning: {warning}", err=True)
     old = store.load()
     changes = describe_changes(old, new)
     if dry_run:

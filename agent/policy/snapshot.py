@@ -7,11 +7,13 @@
   rewrite decision);
 - one table of wire-format name suffixes -> what is attached to them: rules (per profile and
   for everyone), catalogue services, reward domains, resolver.arpa;
-- the device lookup: exact IP, MAC, CIDRs longest prefix first.
+- the device lookup: MAC, then exact IP, then CIDRs longest prefix first.
 
 Index labels are category ids, or ``id@band`` for a list with its own minimum age (e.g.
 ``online_games@18+``). A label whose category the criteria do not know is treated as 18+
-(blocked for children), so that a list is never silently ignored.
+(blocked for children), so that a list is never silently ignored. A list's own age never
+switches protection off: a list of an ``always`` category is ``always``, and a list ``off`` in
+a category the default table blocks is blocked from the category's age.
 
 Time: `state_at(now)` gives each profile's state (band, active schedule windows, pause and
 rewards) and memoises it until `next_change(now)`, the earliest instant at which any of it can

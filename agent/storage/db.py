@@ -3,10 +3,16 @@
 WAL lets the DNS process read while the admin page writes, and batches fsyncs, which an SD
 card needs. sqlite3 connections must not be shared between threads, so each thread gets its
 own, opened on first use and tuned the same way.
+
+The files hold children's data (names, birth months, the names they ask for): the folder is
+made 0700 and the file 0600 before SQLite opens it, so the -wal and -shm files SQLite creates
+get 0600 too (it gives them the database file's mode).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -17,6 +23,10 @@ from pathlib import Path
 import sqlite_utils
 
 BUSY_TIMEOUT_MS = 5_000
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -33,7 +43,7 @@ class Database:
 
     def __init__(self, path: str | Path, migrations: Sequence[Migration] = ()):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _make_private(self.path)
         self._local = threading.local()
         self._migrations = tuple(sorted(migrations, key=lambda m: m.version))
         versions = [m.version for m in self._migrations]
@@ -94,6 +104,29 @@ class Database:
         if db is not None:
             db.conn.close()
             self._local.db = None
+
+
+def _make_private(path: Path) -> None:
+    """The folder 0700 and the file (created empty if missing), -wal and -shm 0600.
+
+    chmod rather than umask: the umask is the whole process's, and other threads create files."""
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+    try:
+        os.chmod(folder, PRIVATE_DIR_MODE)
+    except OSError as exc:  # not ours (a folder the admin made for us): the files stay private
+        log.warning("cannot make %s private (mode 700): %s", folder, exc)
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE))
+    except OSError:
+        return  # SQLite gives the clearer error when it opens the file
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            os.chmod(name, PRIVATE_FILE_MODE)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("cannot make %s private (mode 600): %s", name, exc)
 
 
 def open_database(path: str | Path, migrations: Sequence[Migration] = ()) -> Database:

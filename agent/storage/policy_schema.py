@@ -130,6 +130,23 @@ def _policy_tables(db: sqlite_utils.Database) -> None:
         db.execute(statement, params)
 
 
+# The locally administered bit (0x02 of the first octet) is set when the second hex digit of a
+# stored MAC ("x2:..") is one of these: literal SQL, so that this step never changes.
+_V2 = (
+    "ALTER TABLE seen_devices ADD COLUMN randomized INTEGER NOT NULL DEFAULT 0",
+    """UPDATE seen_devices SET randomized = 1
+       WHERE mac IS NOT NULL AND substr(mac, 2, 1) IN ('2', '3', '6', '7', 'a', 'b', 'e', 'f')""",
+    # forget_seen and the row cap find the oldest rows by it.
+    "CREATE INDEX seen_devices_last_seen ON seen_devices(last_seen)",
+)
+
+
+def _seen_randomized(db: sqlite_utils.Database) -> None:
+    for statement in _V2:
+        db.execute(statement)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "policy tables and the default profile", _policy_tables),
+    Migration(2, "seen devices: randomized MAC, index by last seen", _seen_randomized),
 )

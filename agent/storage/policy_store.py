@@ -14,7 +14,9 @@ command and the admin page pass what is in force); the ``always`` categories are
 
 Every policy write bumps ``meta.revision`` in the same transaction: the running agent compares
 one integer to know whether to rebuild its snapshot. Recording seen devices does not bump it,
-since it changes nothing a decision reads.
+since it changes nothing a decision reads. Seen devices are bounded, since any source address on
+the LAN can be spoofed: the `SEEN_MAX_ROWS` most recently seen are kept, and the agent forgets
+those unseen for `SEEN_KEEP_DAYS`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from agent.devices.mac import is_randomized_mac
 from agent.index import normalize_domain
 from agent.policy.document import PolicyDocumentError, check_policy
 from agent.policy.model import (
@@ -49,12 +52,17 @@ __all__ = [
     "DB_NAME",
     "PolicyStore",
     "PolicyStoreError",
+    "SEEN_KEEP_DAYS",
+    "SEEN_MAX_ROWS",
     "SeenDevice",
+    "SeenRecorded",
     "open_policy_store",
     "policy_db_path",
 ]
 
 DB_NAME = "safenest.db"
+SEEN_MAX_ROWS = 1024  # seen_devices keeps the most recently seen: spoofed sources cannot grow it
+SEEN_KEEP_DAYS = 30  # the watcher forgets devices not seen for this long
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
@@ -75,6 +83,15 @@ class SeenDevice:
     first_seen: datetime
     last_seen: datetime
     queries: int
+    randomized: bool = False  # the MAC is randomized (private Wi-Fi address): it may change
+
+
+@dataclass(frozen=True, slots=True)
+class SeenRecorded:
+    """What `record_seen` did: rows written, and entries skipped (each with its reason)."""
+
+    written: int
+    skipped: tuple[str, ...] = ()
 
 
 def policy_db_path(data_dir: str | Path) -> Path:
@@ -95,6 +112,23 @@ def _time_text(t: datetime) -> str:
 
 def _time_value(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def _seen_row(entry: tuple) -> tuple[str, str | None, str, str, int, int]:
+    """The seen_devices row of one (ip, mac, queries, first seen, last seen); ValueError if bad."""
+    ip, mac, queries, first, last = entry
+    address = str(ipaddress.ip_address(ip))
+    if mac is not None:
+        mac = mac.strip().lower().replace("-", ":")
+        if not _MAC_RE.fullmatch(mac):
+            raise ValueError(f"{mac!r} is not a MAC address (like aa:bb:cc:dd:ee:ff)")
+    if isinstance(queries, bool) or not isinstance(queries, int) or queries < 0:
+        raise ValueError(f"queries must be a whole number >= 0, got {queries!r}")
+    first_text, last_text = _time_text(first), _time_text(last)
+    if first_text > last_text:
+        raise ValueError(f"first seen {first_text} is after last seen {last_text}")
+    randomized = mac is not None and is_randomized_mac(mac)
+    return address, mac, first_text, last_text, queries, int(randomized)
 
 
 def _json_list(values: Iterable) -> str:
@@ -120,11 +154,12 @@ class PolicyStore:
 
     def seen_devices(self) -> list[SeenDevice]:
         rows = self.database.conn.execute(
-            "SELECT ip, mac, first_seen, last_seen, queries FROM seen_devices ORDER BY last_seen DESC, ip"
+            "SELECT ip, mac, first_seen, last_seen, queries, randomized FROM seen_devices"
+            " ORDER BY last_seen DESC, ip"
         ).fetchall()
         return [
-            SeenDevice(ip, mac, _time_value(first), _time_value(last), n)
-            for ip, mac, first, last, n in rows
+            SeenDevice(ip, mac, _time_value(first), _time_value(last), n, bool(randomized))
+            for ip, mac, first, last, n, randomized in rows
         ]
 
     def unassigned_devices(self, policy: Policy | None = None) -> list[SeenDevice]:
@@ -331,35 +366,42 @@ class PolicyStore:
                 _bump(db.conn)
             return count
 
-    def record_seen(self, batch: Iterable[tuple[str, str | None, int, datetime]]) -> int:
-        """Add a batch of (ip, mac or None, queries, time) to seen_devices; returns the rows touched.
+    def record_seen(
+        self, batch: Iterable[tuple[str, str | None, int, datetime, datetime]]
+    ) -> SeenRecorded:
+        """Add a batch of (ip, mac or None, queries, first seen, last seen) to seen_devices.
 
-        The whole batch is checked before anything is written, so a bad entry loses nothing
-        that was already counted.
+        A bad entry is skipped and counted (with its reason) instead of losing the batch; the
+        stored first-seen time is the earliest ever given. Then only the `SEEN_MAX_ROWS` most
+        recently seen rows are kept.
         """
         rows = []
-        for ip, mac, queries, when in batch:
-            address = str(ipaddress.ip_address(ip))
-            mac = None if mac is None else mac.strip().lower().replace("-", ":")
-            if mac is not None and not _MAC_RE.fullmatch(mac):
-                raise ValueError(f"{mac!r} is not a MAC address (like aa:bb:cc:dd:ee:ff)")
-            if isinstance(queries, bool) or not isinstance(queries, int) or queries < 0:
-                raise ValueError(f"queries must be a whole number >= 0, got {queries!r}")
-            when_text = _time_text(when)
-            rows.append((address, mac, when_text, when_text, queries))
-        if not rows:
-            return 0
-        with self.database.transaction() as db:
-            db.conn.executemany(
-                """INSERT INTO seen_devices (ip, mac, first_seen, last_seen, queries) VALUES (?, ?, ?, ?, ?)
-                   ON CONFLICT (ip) DO UPDATE SET
-                     mac = coalesce(excluded.mac, mac),
-                     first_seen = min(first_seen, excluded.first_seen),
-                     last_seen = max(last_seen, excluded.last_seen),
-                     queries = queries + excluded.queries""",
-                rows,
-            )
-        return len(rows)
+        skipped = []
+        for entry in batch:
+            try:
+                rows.append(_seen_row(entry))
+            except (TypeError, ValueError, AttributeError) as exc:
+                skipped.append(f"{entry!r}: {exc}")
+        if rows:
+            with self.database.transaction() as db:
+                db.conn.executemany(
+                    """INSERT INTO seen_devices (ip, mac, first_seen, last_seen, queries, randomized)
+                       VALUES (?, ?, ?, ?, ?, ?)
+                       ON CONFLICT (ip) DO UPDATE SET
+                         mac = coalesce(excluded.mac, mac),
+                         randomized = CASE WHEN excluded.mac IS NULL THEN randomized
+                                           ELSE excluded.randomized END,
+                         first_seen = min(first_seen, excluded.first_seen),
+                         last_seen = max(last_seen, excluded.last_seen),
+                         queries = queries + excluded.queries""",
+                    rows,
+                )
+                db.conn.execute(
+                    """DELETE FROM seen_devices WHERE ip NOT IN
+                       (SELECT ip FROM seen_devices ORDER BY last_seen DESC, ip LIMIT ?)""",
+                    (SEEN_MAX_ROWS,),
+                )
+        return SeenRecorded(len(rows), tuple(skipped))
 
     def forget_seen(self, before: datetime) -> int:
         """Forget devices not seen since `before` (phones change addresses; the list must not grow forever)."""
