@@ -14,9 +14,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# Embedded defaults: bundled lists, data under ./var, DNS on 127.0.0.1:5300.
+# Embedded defaults: bundled lists, data under ./var, DNS on 127.0.0.1:5300, admin on 127.0.0.1:8080.
 run: $(STAMP)
-	$(BIN)/safenest run --data ./var --dns 127.0.0.1:5300
+	$(BIN)/safenest run --data ./var --dns 127.0.0.1:5300 --admin 127.0.0.1:8080
 
 test: $(STAMP)
 	$(BIN)/pytest

@@ -7,6 +7,11 @@ a list compile or sync, and within about a second of a change in the policy data
 watcher thread polls its revision). At the snapshot's next change (a schedule window, an
 override, a birthday) a loop timer makes the Policy step forget its decisions; the watcher
 also catches wall-clock jumps (a Pi has no RTC: NTP sets the clock after boot).
+
+The query log (DATA/querylog.db) gets every answer from the DNS server without slowing it
+(see agent/dns/server.py and docs/querylog.md); the admin server (webui/, /healthz and
+/metrics) runs in a background thread on `admin_listen`. Neither can stop DNS: a query log
+that cannot be opened or an admin port that cannot be had is logged, and DNS goes on.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from .dns.steps.special_queries import SpecialQueries
 from .dns.upstream import Forwarder
 from .feed.schedule import FeedSync
 from .lists import compile_lists, last_good, load_lists
+from .querylog import QueryLog
 from .settings import Settings
 from .storage.policy_store import SEEN_KEEP_DAYS, open_policy_store
 from .upstreams import choose_upstreams
@@ -67,6 +73,20 @@ def policy_snapshot(policy, lists, data_dir):
         log.error("cannot read the categories of the feeds in force (%s); using the default ages", exc)
         criteria = {c.id: c for c in DEFAULT_CATEGORIES}
     return build_snapshot(policy, criteria, lists.index, load_catalogue(), lists.label)
+
+
+def _open_querylog(settings):
+    """The query log, or None when DATA/querylog.db cannot be opened: DNS must start anyway."""
+    try:
+        return QueryLog.open(settings.data, settings)
+    except Exception as exc:
+        log.error(
+            "cannot open the query log in %s (%s): answers are not logged until SafeNest is "
+            "restarted; move querylog.db away if it is damaged",
+            settings.data,
+            exc,
+        )
+        return None
 
 
 def _open_store(data_dir):
@@ -132,6 +152,16 @@ class Agent:
         self.server.replay.tags = self.policy.tags
         self.server.replay.until = self.policy.valid_until
         self.policy.on_change = self._policy_changed
+        # Every answer goes to the query log, with the device the Policy step placed.
+        self.server.devices = self.policy.devices
+        self.querylog = _open_querylog(s)
+        self.server.attach_log(self.querylog)
+        self.policy_revision = self._revision_built  # the revision of the snapshot in force
+        self._revision_seen = self._revision_built  # the latest the watcher read
+        from webui.server import parse_admin_listen
+
+        self.admin_listen = parse_admin_listen(s.admin_listen)  # ValueError: a bad setting
+        self.admin = None  # webui.server.AdminServer once started
         self._reloading: asyncio.Task | None = None
         self._rebuilding: asyncio.Task | None = None
         self._build_lock = asyncio.Lock()  # one snapshot build at a time (lists or policy)
@@ -145,6 +175,9 @@ class Agent:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         await self.server.start(self.listen)
+        if self.querylog is not None:
+            self.querylog.start()
+        self._start_admin()
         for step in self.steps:
             log.info("chain: %s", step.describe())
         for proto, host, port in self.server.addresses:
@@ -155,6 +188,37 @@ class Agent:
         if self._need_compile:
             self.reload()
         self.feed_sync.start()
+
+    def _start_admin(self) -> None:
+        if self.admin_listen is None:
+            return
+        from webui import create_app
+        from webui.server import AdminServer
+
+        host, port = self.admin_listen
+        app = create_app({"SAFENEST": self, "METRICS_CLIENTS": self.settings.metrics_clients})
+        try:
+            self.admin = AdminServer(app, host, port)
+        except OSError as exc:
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            log.error(
+                "cannot serve the admin page on %s (%s); DNS goes on. Choose another address "
+                "with --admin ADDR:PORT or the admin_listen setting",
+                where,
+                exc.strerror or exc,
+            )
+            return
+        self.admin.start()
+        log.info("admin server on http://%s/ (/healthz, /metrics)", self.admin.address)
+
+    def set_log_privacy(self, level: str | None, profile: str | None = None) -> bool:
+        """Change a privacy level of the query log (the admin page); on the event loop. The
+        replay memo is emptied: its entries carry their prebuilt log entries (or none)."""
+        if self.querylog is None:
+            raise RuntimeError("the query log could not be opened")
+        done = self.querylog.set_privacy(level, profile, wait=False)
+        self.server.attach_log(self.querylog)
+        return done
 
     # -- the policy snapshot ------------------------------------------------
 
@@ -190,6 +254,7 @@ class Agent:
                 async with self._build_lock:
                     self._rebuild_wanted = False
                     lists = self.lists
+                    revision = self._revision_seen
                     try:
                         snapshot = await asyncio.to_thread(self._policy_snapshot, lists)
                     except Exception as exc:
@@ -197,6 +262,7 @@ class Agent:
                         self._loop.call_later(REBUILD_RETRY_SECONDS, self.rebuild_policy)
                         return
                     self.policy.swap(snapshot)
+                    self.policy_revision = revision
                     p = snapshot.policy
                     log.info(
                         "policy in force: %d profiles, %d devices, %d schedules, %d overrides",
@@ -231,7 +297,7 @@ class Agent:
         while not self._watching.wait(POLICY_POLL_SECONDS):
             revision = self._revision()
             if revision is not None and revision != built:
-                built = revision
+                built = self._revision_seen = revision
                 loop.call_soon_threadsafe(self.rebuild_policy)
             drift = (time.time() - time.monotonic()) - self.policy.wall_offset
             if abs(drift) > CLOCK_JUMP_SECONDS:
@@ -353,10 +419,14 @@ class Agent:
         for task in (self._reloading, self._rebuilding):
             if task is not None:
                 task.cancel()
+        if self.admin is not None:
+            await asyncio.to_thread(self.admin.stop)
         self.server.close()
         self.forwarder.close()
         if self._watcher is not None:
             await asyncio.to_thread(self._watcher.join, 5)
+        if self.querylog is not None:
+            await asyncio.to_thread(self.querylog.stop)  # writes what is queued
 
 
 async def serve(settings: Settings, ready: asyncio.Event | None = None) -> int:

@@ -46,12 +46,17 @@ def main() -> None:
 @data_option
 @click.option("--dns", multiple=True, help="Serve DNS on ADDR:PORT (repeatable). Default 0.0.0.0:53 and [::]:53.")
 @click.option("--upstream", multiple=True, help="Forward to ADDR[:PORT] (repeatable). Default: /etc/resolv.conf.")
-def run(config, data, dns, upstream) -> None:
+@click.option(
+    "--admin",
+    metavar="ADDR:PORT",
+    help="Serve the admin page, /healthz and /metrics on ADDR:PORT ('off': not at all). Default 0.0.0.0:80.",
+)
+def run(config, data, dns, upstream, admin) -> None:
     """Run the filtering DNS resolver until SIGTERM or SIGINT."""
     from .app import serve
     from .dns.server import BindError
 
-    settings = _settings(config, data=data, dns=list(dns), upstream=list(upstream))
+    settings = _settings(config, data=data, dns=list(dns), upstream=list(upstream), admin_listen=admin)
     _setup_logging(settings.log_level)
     log.info("SafeNest starting with these settings:")
     for line in settings.describe():

@@ -14,6 +14,7 @@ class AnswerKind(StrEnum):
     CACHED = "cached"  # served from the cache
     STALE = "stale"  # expired cache data served because every upstream failed (RFC 8767)
     BLOCKED = "blocked"  # the policy blocked the name
+    REWRITTEN = "rewritten"  # the policy sent the name elsewhere (SafeSearch: a CNAME to the safe host)
     LOCAL = "local"  # answered by SafeNest itself (its own name, ANY, special names)
     REFUSED = "refused"  # the client is not allowed to use this resolver
     RATE_LIMITED = "rate_limited"  # dropped: the client sent too many queries

@@ -281,6 +281,18 @@ SETTINGS: tuple[Setting, ...] = (
         "Most logged queries waiting in memory; beyond that they are dropped and counted, so DNS never waits for the disk.",
         _as_positive_int,
     ),
+    Setting(
+        "admin_listen",
+        "0.0.0.0:80",
+        "Where the admin server listens (ADDR:PORT, [ADDR]:PORT for IPv6): http://safenest.home.arpa/ for the parents, /healthz and /metrics. 'off': no admin server. A port that cannot be had is logged and DNS goes on.",
+        _as_text,
+    ),
+    Setting(
+        "metrics_clients",
+        ["127.0.0.0/8", "::1/128"],
+        "Networks allowed to read /metrics (query counts about the children); others get 403. Add your Prometheus server's address.",
+        _as_networks,
+    ),
     Setting("log_level", "info", "Logging level: debug, info, warning or error.", _one_of("debug", "info", "warning", "error")),
 )
 

@@ -271,12 +271,16 @@ def _wait_for_dns(host: str, port: int, proc: subprocess.Popen | None = None, ti
 
 
 class RunningSafeNest:
-    """The real Agent with its real sockets, on its own event loop in a background thread."""
+    """The real Agent with its real sockets, on its own event loop in a background thread.
+
+    No admin server unless the test asks for one (``admin_listen="127.0.0.1:0"``): then
+    `admin_url` is where it listens."""
 
     def __init__(self, data_dir: Path, overrides: dict, environ: dict | None = None):
         from agent.app import Agent
 
-        settings = load_settings(None, environ=environ or {}, overrides={"data": str(data_dir), **overrides})
+        overrides = {"data": str(data_dir), "admin_listen": "off", **overrides}
+        settings = load_settings(None, environ=environ or {}, overrides=overrides)
         self.loop = asyncio.new_event_loop()
         self.agent = Agent(settings)
         self.loop.run_until_complete(self.agent.start())
@@ -285,6 +289,13 @@ class RunningSafeNest:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         proto, self.host, self.port = self.agent.server.addresses[0]
+
+    @property
+    def admin_url(self) -> str:
+        admin = self.agent.admin
+        if admin is None:
+            raise RuntimeError("this SafeNest has no admin server (pass admin_listen=)")
+        return f"http://{admin.address}"
 
     def call(self, fn, *args):
         """Run fn(*args) on the server's loop (for inspecting or changing state safely)."""

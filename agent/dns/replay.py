@@ -12,11 +12,18 @@ a parent), so there is one memo per *profile tag*: `tags` maps a client address 
 its tag, a ``(profile id, TTL cap or None)`` pair the Policy step fills when it
 first decides for that client. A client without a tag is always asked through the
 chain. `get_for(client)` gives the bound `get` of that client's memo in one lookup.
+
+Each remembered answer also carries what the server needs to count it and log it without
+building anything per query: its counter key (the kind, or ``(BLOCKED, reason)`` so blocks
+are counted by reason at no extra cost) and its query log entry, prebuilt once as
+``(profile id, lower-cased wire name, type, kind, reason)``; None when that profile's
+privacy level is ``off`` (or there is no query log), so a replay then logs nothing.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 from ..model import Answer, AnswerKind
 from .release import release_gradually
@@ -24,6 +31,11 @@ from .wire import Query
 
 MEMO_LIMIT = 50_000  # packets (about 250 bytes each) in all memos together; the oldest goes first
 MAX_CLIENTS = 65_536  # client addresses mapped to a memo; a flood of sources must not grow memory
+
+
+def count_key(kind: AnswerKind, reason: str):
+    """The server's counter for an answer: its kind, or (BLOCKED, reason) for a block."""
+    return (kind, reason) if kind is AnswerKind.BLOCKED else kind
 
 
 class ReplayMemo:
@@ -34,11 +46,14 @@ class ReplayMemo:
         # OrderedDict: dropping the oldest is O(1); a plain dict's next(iter()) slows
         # down to ~12 µs once many entries have been deleted from its front.
         # tag -> {packet[2:]: (reuse_until, answer without its ID, kind, reason,
-        #                      cache entry or None, question end, ttl cap)}
+        #                      cache entry or None, question end, ttl cap,
+        #                      counter key, query log entry or None)}
         self._memos: dict[tuple, OrderedDict[bytes, tuple]] = {}
         self._gets: dict[str, object] = {}  # client address -> its memo's bound get
         self.get_for = self._gets.get  # cleared in place, so a bound copy stays valid
         self._size = 0
+        # profile id -> whether its answers go to the query log (None: there is no log).
+        self.logs: Callable[[str], bool] | None = None
 
     def __len__(self) -> int:
         return self._size
@@ -71,7 +86,23 @@ class ReplayMemo:
         if kind is AnswerKind.FORWARDED:
             kind, reason = AnswerKind.CACHED, "cache"  # what a repeat of it is
         until = answer.reuse_until if answer.reuse_until < self.until else self.until
-        memo[key] = (until, wire[2:], kind, reason, answer.entry, query.question_end, tag[1])
+        memo[key] = (
+            until,
+            wire[2:],
+            kind,
+            reason,
+            answer.entry,
+            query.question_end,
+            tag[1],
+            count_key(kind, reason),
+            self._log_entry(tag[0], query, kind, reason),
+        )
+
+    def _log_entry(self, profile: str, query: Query, kind: AnswerKind, reason: str) -> tuple | None:
+        logs = self.logs
+        if logs is None or not logs(profile):
+            return None
+        return (profile, query.qname_key, query.qtype, kind, reason)
 
     def _evict(self, memo: OrderedDict) -> None:
         victim = memo if memo else max(self._memos.values(), key=len)
@@ -91,7 +122,7 @@ class ReplayMemo:
             return None
         cap = hit[6]
         wire = entry.serve_packet(data, hit[5], data[2] << 8 | data[3], now, cap=cap)
-        fresh = (min(entry.same_until(), self.until), wire[2:], hit[2], hit[3], entry, hit[5], cap)
+        fresh = (min(entry.same_until(), self.until), wire[2:], *hit[2:4], entry, *hit[5:])
         memo[key] = fresh
         return fresh
 

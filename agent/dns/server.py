@@ -4,6 +4,13 @@ UDP sockets are read directly from the event loop (`add_reader` plus a burst
 of `recvfrom` calls), which costs about a third less CPU per query than
 asyncio's datagram transport. Every query is answered: our own exception on one
 query becomes SERVFAIL and a log line, never silence.
+
+Every answer is counted (`counts`: by kind, blocks by reason) and handed to the query log
+(`attach_log`), on both paths: a replayed packet appends one prebuilt entry to the log's
+queue (see replay.py), any other answer calls `QueryLog.record` after it is sent, with the
+client's profile and device as the Policy step placed it and the time since the packet
+arrived. Rate-limited drops are logged at most once a second per client (a flood must not
+crowd the log's queue); forwarded answers feed the latency histogram of their upstream.
 """
 
 from __future__ import annotations
@@ -14,11 +21,13 @@ import ipaddress
 import logging
 import socket
 import time
+from bisect import bisect_left
+from collections import defaultdict
 from collections.abc import Callable
 
 from ..model import Answer, AnswerKind
 from .pending import Pending
-from .replay import ReplayMemo
+from .replay import ReplayMemo, count_key
 from .steps.base import Step
 from .steps.client_gate import ADMITTED, RATE_LIMITED
 from .wire import BADVERS, SERVFAIL, U16, Malformed, Query, error_reply, reply, truncated_reply
@@ -30,6 +39,36 @@ MAX_QUERY = 4096  # no legitimate query is larger
 TCP_PIPELINE = 32  # queries in progress at once on one TCP connection
 ERROR_LOG_LIMIT, ERROR_LOG_WINDOW = 10, 60.0  # tracebacks logged per window (seconds)
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; Python does not export it
+RATE_LIMIT_LOG_SECONDS = 1.0  # a rate-limited client gets at most one log entry per this time
+MAX_LIMITED_CLIENTS = 65_536  # rate-limited clients remembered for that; spoofed floods are bounded
+# Forwarded answers' latency (seconds), Prometheus-style cumulative buckets ("le").
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class LatencyHistogram:
+    """Seconds per label (an upstream) in fixed buckets: observe() is a bisect and two additions.
+
+    Read from another thread (the metrics scrape) with `snapshot()`; a reading may be torn by
+    one observation between a bucket and the sum, which a histogram tolerates."""
+
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS):
+        self.bounds = bounds
+        self._series: dict[str, list] = {}  # label -> [count per bucket..., count above, sum]
+
+    def observe(self, label: str, seconds: float) -> None:
+        series = self._series.get(label)
+        if series is None:
+            series = self._series[label] = [0] * (len(self.bounds) + 2)
+        series[bisect_left(self.bounds, seconds)] += 1
+        series[-1] += seconds
+
+    def snapshot(self) -> dict[str, tuple[list[int], float]]:
+        """label -> (count per bucket, the last one above every bound; sum of seconds)."""
+        out = {}
+        for label, series in list(self._series.items()):
+            copy = list(series)
+            out[label] = (copy[:-1], copy[-1])
+        return out
 
 
 class BindError(Exception):
@@ -88,8 +127,10 @@ class DnsServer:
         self.udp_receive_buffer = udp_receive_buffer
         self.tcp_idle_timeout = tcp_idle_timeout
         self.tcp_max_connections = tcp_max_connections
-        # A plain dict with every kind (not a Counter): the hot path increments it.
-        self.answers: dict[AnswerKind, int] = dict.fromkeys(AnswerKind, 0)
+        # Answers by kind, and blocks by (BLOCKED, reason): the key a replayed answer carries
+        # (replay.count_key). A defaultdict (as fast as a dict for keys it has, unlike a
+        # Counter): a key first met on the replay path must not raise.
+        self.counts: defaultdict = defaultdict(int, dict.fromkeys(AnswerKind, 0))
         self.errors = 0  # our own exceptions turned into SERVFAIL
         self._error_window_start = 0.0
         self._errors_logged = 0
@@ -98,11 +139,84 @@ class DnsServer:
         self.tcp_open = 0
         self.addresses: list[tuple[str, str, int]] = []  # (proto, host, port) actually bound
         self.replay = ReplayMemo()
-        # Called with (query packet, client address, transport, answer) for every answer.
-        self.on_answer: Callable[[bytes, str, str, Answer], None] | None = None
+        self.querylog = None  # a QueryLog (attach_log), or None: nothing is logged
+        # client address -> device id, as the Policy step placed it (the query log's device).
+        self.devices: dict[str, str] = {}
+        self.latency = LatencyHistogram()  # forwarded answers, per upstream, since arrival
+        self._limited_logged: dict[str, float] = {}  # client -> when its last drop was logged
         self._udp_socks: list[socket.socket] = []
         self._tcp_servers: list[asyncio.base_events.Server] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- counts and the query log -------------------------------------------
+
+    @property
+    def answers(self) -> dict[AnswerKind, int]:
+        """Answers by kind (blocks of every reason together)."""
+        folded = dict.fromkeys(AnswerKind, 0)
+        for key, n in self.counts.copy().items():  # copy(): atomic, the loop may add a key
+            folded[key[0] if key.__class__ is tuple else key] += n
+        return folded
+
+    def blocks(self) -> dict[str, int]:
+        """Blocked answers by reason (``category=gambling min_age=18+``, ``rule=...``)."""
+        return {key[1]: n for key, n in self.counts.copy().items() if key.__class__ is tuple}
+
+    def attach_log(self, querylog) -> None:
+        """Log every answer to `querylog` (None: stop logging). Empties the replay memo, whose
+        entries carry their prebuilt log entries; call it again after a privacy change."""
+        self.querylog = querylog
+        self.replay.logs = None if querylog is None else self._logs
+        self.replay.clear()
+
+    def _logs(self, profile: str) -> bool:
+        return self.querylog.privacy(profile) != "off"
+
+    def _log(self, client: str, query: Query | None, answer: Answer, arrived: float) -> None:
+        """One answer of the slow path to the query log (after it was sent)."""
+        ql = self.querylog
+        tag = self.replay.tags.get(client)
+        profile = tag[0] if tag is not None else ""
+        if ql.privacy(profile) == "off":
+            return
+        kind = answer.kind
+        if query is None:
+            if answer.wire is None:
+                return  # garbage dropped unanswered: counted, not logged
+            name, qtype = "", 0
+        else:
+            name, qtype = query.qname_key, query.qtype
+        if kind is AnswerKind.RATE_LIMITED:
+            self._log_limited(client, (profile, name, qtype))
+            return
+        reason = answer.reason
+        upstream = reason[9:] if kind is AnswerKind.FORWARDED and reason.startswith("upstream ") else ""
+        latency_ms = (time.monotonic() - arrived) * 1000.0 if arrived else 0.0
+        ql.record(client, name, qtype, kind, reason, profile, self.devices.get(client, ""), upstream, latency_ms)
+
+    def _log_limited(self, client: str, logged: tuple) -> None:
+        """A rate-limited drop: logged at most once a second per client, so a flood of drops
+        cannot push other clients' entries out of the log's bounded queue."""
+        now = time.monotonic()
+        last = self._limited_logged.get(client)
+        if last is not None and now - last < RATE_LIMIT_LOG_SECONDS:
+            return
+        if len(self._limited_logged) >= MAX_LIMITED_CLIENTS:
+            self._limited_logged.clear()
+        self._limited_logged[client] = now
+        profile, name, qtype = logged[:3]
+        self.querylog.record(
+            client, name, qtype, AnswerKind.RATE_LIMITED, "rate limit", profile, self.devices.get(client, "")
+        )
+
+    def _log_replay(self, client: str, logged: tuple) -> None:
+        """A replayed answer outside the inlined UDP path (TCP, a refreshed entry)."""
+        ql = self.querylog
+        queue = ql.queue
+        if len(queue) >= ql.queue_entries:
+            ql.dropped += 1
+            return
+        queue.append((time.time(), client, self.devices.get(client, ""), logged))
 
     # -- start and stop ---------------------------------------------------
 
@@ -200,42 +314,53 @@ class DnsServer:
     # -- answering one query ----------------------------------------------
 
     def answer(
-        self, data: bytes, client: str, transport: str, send: Callable[[Query, Answer], None]
+        self,
+        data: bytes,
+        client: str,
+        transport: str,
+        send: Callable[[Query, Answer], None],
+        arrived: float = 0.0,
     ) -> Pending | None:
-        """Parse, resolve and hand the answer to `send`, now or (returning a Pending) later."""
+        """Parse, resolve and hand the answer to `send`, now or (returning a Pending) later.
+        `arrived`: time.monotonic() when the packet was read (the logged latency)."""
         hit = self.replay.lookup(client, data[2:])
         if hit is not None and hit[0] > time.monotonic():
             verdict = self.gate.admit(client)
             if verdict == ADMITTED:
-                self._deliver(data, client, transport, Answer(data[:2] + hit[1], hit[2], hit[3]), send)
+                self.counts[hit[7]] += 1
+                send(None, Answer(data[:2] + hit[1], hit[2], hit[3]))
+                if hit[8] is not None:
+                    self._log_replay(client, hit[8])
                 return None
             if verdict == RATE_LIMITED:
-                self._deliver(data, client, transport, Answer(None, AnswerKind.RATE_LIMITED, "rate limit"), send)
+                self.counts[AnswerKind.RATE_LIMITED] += 1
+                if hit[8] is not None:
+                    self._log_limited(client, hit[8])
                 return None
             # Not allowed: the chain refuses it, as it would any other packet.
         try:
             query = Query(data, client, transport)
         except Malformed as exc:
             wire = error_reply(data, exc.rcode) if exc.rcode is not None and self.gate.allowed(client) else None
-            self._deliver(data, client, transport, Answer(wire, AnswerKind.MALFORMED, str(exc)), send)
+            self._deliver(data, client, transport, Answer(wire, AnswerKind.MALFORMED, str(exc)), send, None, arrived)
             return None
         if query.edns_version > 0:
             answer = Answer(reply(query, BADVERS), AnswerKind.MALFORMED, "EDNS version not supported")
-            self._deliver(data, client, transport, answer, send, query)
+            self._deliver(data, client, transport, answer, send, query, arrived)
             return None
         try:
             result = self.resolver(query)
         except Exception as exc:
             result = self._servfail(query, exc)
         if result.__class__ is Answer:
-            self._deliver(data, client, transport, result, send, query)
+            self._deliver(data, client, transport, result, send, query, arrived)
             return None
-        return result.then(lambda answer: self._finish(query, answer, send))
+        return result.then(lambda answer: self._finish(query, answer, send, arrived))
 
-    def _finish(self, query: Query, answer, send) -> None:
+    def _finish(self, query: Query, answer, send, arrived: float = 0.0) -> None:
         if not isinstance(answer, Answer):
             answer = self._servfail(query, answer)
-        self._deliver(query.data, query.client, query.transport, answer, send, query)
+        self._deliver(query.data, query.client, query.transport, answer, send, query, arrived)
 
     def _servfail(self, query: Query, exc: BaseException) -> Answer:
         self.errors += 1
@@ -258,17 +383,30 @@ class DnsServer:
             self._errors_unlogged += 1
         return Answer(error_reply(query.data, SERVFAIL, query), AnswerKind.SERVFAIL, "internal error")
 
-    def _deliver(self, data: bytes, client: str, transport: str, answer: Answer, send, query: Query | None = None) -> None:
-        self.answers[answer.kind] += 1
+    def _deliver(
+        self,
+        data: bytes,
+        client: str,
+        transport: str,
+        answer: Answer,
+        send,
+        query: Query | None = None,
+        arrived: float = 0.0,
+    ) -> None:
+        kind = answer.kind
+        self.counts[count_key(kind, answer.reason)] += 1
         if query is not None and answer.reuse_until:
             self.replay.remember(query, answer)
-        if self.on_answer is not None:
-            try:
-                self.on_answer(data, client, transport, answer)
-            except Exception:
-                log.exception("answer hook failed")
         if answer.wire is not None:
             send(query, answer)
+        if kind is AnswerKind.FORWARDED and arrived:
+            reason = answer.reason
+            self.latency.observe(reason[9:] if reason.startswith("upstream ") else reason, time.monotonic() - arrived)
+        if self.querylog is not None:
+            try:
+                self._log(client, query, answer, arrived)
+            except Exception:  # the log must never cost an answer (it was sent already)
+                log.exception("cannot hand an answer to the query log")
 
     # -- UDP ----------------------------------------------------------------
 
@@ -276,11 +414,20 @@ class DnsServer:
         # The replay memo's case is inlined here: it is most of the traffic, and each
         # call and object saved is a measurable share of its ~1 µs. The memo is the
         # one of the client's profile (see replay.py): one more dict lookup.
+        # The query log's entry is prebuilt in the memo entry (hit[8], None when not logged):
+        # one tuple and one deque append here; the log's writer thread does the rest.
         get_for = self.replay.get_for
         admit = self.gate.admit
-        answers = self.answers
-        quiet = self.on_answer is None
+        counts = self.counts
+        devices = self.devices.get
         now = time.monotonic()
+        ql = self.querylog
+        if ql is not None:
+            queue = ql.queue
+            log_append = queue.append
+            # Checked once per burst: the bound is passed by at most one burst of entries.
+            log_room = len(queue) < ql.queue_entries
+            wall = time.time()
         for _ in range(READ_BURST):
             try:
                 data, address = sock.recvfrom(MAX_QUERY)
@@ -288,27 +435,36 @@ class DnsServer:
                 return
             except OSError:
                 continue  # e.g. an ICMP error queued on the socket
-            get = get_for(address[0])
+            client = address[0]
+            get = get_for(client)
             hit = get(data[2:]) if get is not None else None
-            if hit is not None and quiet:
+            if hit is not None:
                 if hit[0] <= now:
-                    hit = self.replay.refresh(address[0], data[2:], hit, data, now)
+                    hit = self.replay.refresh(client, data[2:], hit, data, now)
                     if hit is None:
-                        self.answer(data, address[0], "udp", lambda q, a, s=sock, to=address: self._send_udp(s, q, a, to))
+                        self.answer(data, client, "udp", lambda q, a, s=sock, to=address: self._send_udp(s, q, a, to), now)
                         continue
-                verdict = admit(address[0])
+                verdict = admit(client)
                 if verdict == ADMITTED:
-                    answers[hit[2]] += 1
+                    counts[hit[7]] += 1
                     try:
                         sock.sendto(data[:2] + hit[1], address)
                     except OSError:
                         self.send_failures += 1
+                    logged = hit[8]
+                    if logged is not None:
+                        if log_room:
+                            log_append((wall, client, devices(client, ""), logged))
+                        else:
+                            ql.dropped += 1
                     continue
                 if verdict == RATE_LIMITED:
-                    answers[AnswerKind.RATE_LIMITED] += 1
+                    counts[AnswerKind.RATE_LIMITED] += 1
+                    if hit[8] is not None:
+                        self._log_limited(client, hit[8])
                     continue
                 # Not allowed: the chain refuses it, as it would any other packet.
-            self.answer(data, address[0], "udp", lambda q, a, s=sock, to=address: self._send_udp(s, q, a, to))
+            self.answer(data, client, "udp", lambda q, a, s=sock, to=address: self._send_udp(s, q, a, to), now)
 
     def _send_udp(self, sock: socket.socket, query: Query | None, answer: Answer, address) -> None:
         wire = answer.wire
@@ -348,7 +504,7 @@ class DnsServer:
                         data = await reader.readexactly(length)
                 except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                     break
-                pending = self.answer(data, client, "tcp", send)
+                pending = self.answer(data, client, "tcp", send, time.monotonic())
                 if pending is not None:
                     waiting += 1
                     pending.then(written)

@@ -161,6 +161,14 @@ class QueryLog:
         )
 
     @property
+    def queue(self) -> deque:
+        """The entries waiting. The resolver's inlined fast path appends to it directly, after
+        checking `queue_entries` itself (counting `dropped`), entries of a second, compact shape:
+        ``(time, client, device, (profile, name, qtype, kind, reason))``, the inner tuple
+        prebuilt once per remembered answer (agent/dns/replay.py)."""
+        return self._queue
+
+    @property
     def queued(self) -> int:
         return len(self._queue) + len(self._pending)
 
@@ -261,7 +269,13 @@ class QueryLog:
             if not i % YIELD_EVERY:
                 time.sleep(0)  # let the DNS thread have the GIL between slices of this work
             try:
-                when, client, device, profile, name, qtype, kind, reason, upstream, latency = item
+                if len(item) == 4:  # the resolver's compact shape (see `queue`)
+                    when, client, device, (profile, name, qtype, kind, reason) = item
+                    upstream, latency = "", 0.0
+                else:
+                    when, client, device, profile, name, qtype, kind, reason, upstream, latency = (
+                        item
+                    )
                 level = levels.get(profile, default)
                 if level == "off":
                     continue

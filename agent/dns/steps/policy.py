@@ -73,6 +73,25 @@ def client_address(client: str) -> str:
     return str(mapped or address)
 
 
+def _device_index(snapshot) -> tuple[dict, dict, list]:
+    """(MAC -> (device id, profile id), IP -> ..., [(network, ...)] longest prefix first)."""
+    by_mac: dict[str, tuple[str, str]] = {}
+    by_ip: dict[str, tuple[str, str]] = {}
+    nets: list = []
+    for d in getattr(getattr(snapshot, "policy", None), "devices", ()):
+        try:
+            if d.match == "mac":
+                by_mac.setdefault(d.value.strip().lower().replace("-", ":"), (d.id, d.profile))
+            elif d.match == "ip":
+                by_ip.setdefault(client_address(d.value.strip()), (d.id, d.profile))
+            elif d.match == "cidr":
+                nets.append((ipaddress.ip_network(d.value, strict=False), (d.id, d.profile)))
+        except ValueError:
+            continue  # the snapshot warned about it and skipped it too
+    nets.sort(key=lambda item: -item[0].prefixlen)
+    return by_mac, by_ip, nets
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -97,6 +116,10 @@ class Policy(Step):
         # client address -> (profile id, TTL cap): the replay memo's key prefix. Cleared in
         # place (the server holds a reference) whenever profiles may have changed.
         self.tags: dict[str, tuple] = {}
+        # client address -> the id of the policy's device that placed it ("" for none): the
+        # query log's device column. Cleared in place like `tags`.
+        self.devices: dict[str, str] = {}
+        self._device_index: tuple | None = None  # the snapshot's devices, built when first needed
         self._profiles: dict[str, object] = {}  # client address -> Profile
         self._macs: dict[str, str | None] = {}  # client address -> MAC seen when it was placed
         self._tag_of: dict[str, tuple] = {}  # profile id -> its tag
@@ -125,6 +148,7 @@ class Policy(Step):
     def swap(self, snapshot) -> None:
         """Put a new snapshot in force: one assignment, so a query sees the old or the new one."""
         self.snapshot = snapshot
+        self._device_index = None
         self._forget()
 
     def refresh_time(self) -> None:
@@ -139,6 +163,7 @@ class Policy(Step):
         self._macs.clear()
         self._tag_of.clear()
         self.tags.clear()
+        self.devices.clear()
         self._arm()
         if self.on_change is not None:
             self.on_change(self.valid_until)
@@ -164,7 +189,7 @@ class Policy(Step):
         return bool(moved)
 
     def _forget_client(self, client: str) -> None:
-        for table in (self._profiles, self._macs, self.tags):
+        for table in (self._profiles, self._macs, self.tags, self.devices):
             for key in [k for k in table if client_address(k) == client]:
                 del table[key]
 
@@ -184,6 +209,7 @@ class Policy(Step):
             self._profiles.clear()
             self._macs.clear()
             self.tags.clear()
+            self.devices.clear()
         tag = self._tag_of.get(profile.id)
         if tag is None:
             # Overrides that have ended do not cap (the tags are made again at each change).
@@ -194,7 +220,33 @@ class Policy(Step):
         self._profiles[client] = profile
         self._macs[address] = mac
         self.tags[client] = tag
+        self.devices[client] = self._device_of(address, mac, profile.id)
         return profile
+
+    def _device_of(self, address: str, mac: str | None, profile_id: str) -> str:
+        """The id of the device entry that gave this client its profile ("" when none did),
+        by the snapshot's order: MAC, exact IP, longest subnet. Only when a client is placed."""
+        index = self._device_index
+        if index is None:
+            index = self._device_index = _device_index(self.snapshot)
+        by_mac, by_ip, nets = index
+        device = by_mac.get(mac.strip().lower().replace("-", ":")) if mac else None
+        if device is None:
+            device = by_ip.get(address)
+        if device is None and nets:
+            try:
+                ip = ipaddress.ip_address(address)
+            except ValueError:
+                ip = None
+            for net, net_device in nets:
+                if ip is not None and ip.version == net.version and ip in net:
+                    device = net_device
+                    break
+        # The snapshot skips devices it cannot use (an unknown profile): name one only when
+        # it agrees with the profile the snapshot gave.
+        if device is None or device[1] != profile_id:
+            return ""
+        return device[0]
 
     def decision(self, query: Query):
         if time.monotonic() >= self.valid_until:

@@ -86,4 +86,6 @@ def combine(
         response.add_ar(EDNS0(udp_len=1232, flags="do" if query.do else "", opts=[ede]))
     # A rewrite is rebuilt at most once a second per packet: reuse only as long as the
     # target's answer itself stays the same (no cache entry: the TTLs must not tick alone).
-    return Answer(bytes(response.pack()), inner.kind, reason, inner.reuse_until)
+    # Its kind is REWRITTEN whether the target came from the cache or the upstream: the query
+    # log keeps rewrites under every privacy level that keeps blocks.
+    return Answer(bytes(response.pack()), AnswerKind.REWRITTEN, reason, inner.reuse_until)
