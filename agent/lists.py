@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,19 +56,22 @@ def keys_dir(feed_keys_dir: str, data_dir: str | os.PathLike) -> Path:
     return Path(feed_keys_dir) if feed_keys_dir else Path(data_dir) / KEYS_DIR
 
 
+# From least to most protective: a feed may move a default category up this scale, never down.
+STRICTNESS = ("off", "00+", "12+", "16+", "18+", "always")
+
+
 def criteria_in_force(data_dir: str | os.PathLike) -> dict[str, Category]:
     """Every category known, by id -> :class:`agent.feed.format.Category` (with its min_age).
 
     The default table (agent/feed/categories.py), then the default feed's table, then every
     other feed in force from the oldest ``issued_at`` to the newest (ties: by publisher id), each
-    overriding the ones before: the newest publisher wins per id, deterministically (a national
-    criteria set may re-rate a category). Two limits, because a pinned third-party feed must
-    never switch protection off:
-
-    - a category that is ``always`` in the default table or in any feed in force stays
-      ``always``, whatever a newer feed says;
-    - no feed may set a default-table category to ``off`` unless the default table has it
-      ``off`` (ads_trackers): such a value is ignored, with a warning naming the feed.
+    overriding the ones before: the newest publisher wins per id, deterministically. One limit,
+    because a pinned third-party feed must never switch protection off: a feed may make a
+    category of the default table stricter (a national criteria set that rates social networks
+    18+ applies), never looser than the default table (a feed rating ``adult`` 00+ or ``off``, or
+    ``malware`` anything but ``always``, is ignored for that category, with a warning naming the
+    feed). Loosening is the parent's choice, per profile. A category that is ``always`` in any
+    feed in force stays ``always``.
     """
     from .feed.categories import DEFAULT_CATEGORIES
     from .feed.default import PUBLISHER_ID as DEFAULT_PUBLISHER
@@ -76,7 +79,7 @@ def criteria_in_force(data_dir: str | os.PathLike) -> dict[str, Category]:
 
     defaults = {c.id: c for c in DEFAULT_CATEGORIES}
     table = dict(defaults)
-    always = {c.id for c in DEFAULT_CATEGORIES if c.min_age == "always"}
+    always: set[str] = set()
     feeds = feeds_in_force(feeds_dir(data_dir))
     feeds.sort(
         key=lambda f: (f.publisher_id != DEFAULT_PUBLISHER, f.manifest.issued_at, f.publisher_id)
@@ -84,34 +87,29 @@ def criteria_in_force(data_dir: str | os.PathLike) -> dict[str, Category]:
     for feed in feeds:
         for category in feed.manifest.categories:
             default = defaults.get(category.id)
-            if category.min_age == "off" and default is not None and default.min_age != "off":
+            floor = "always" if category.id in always else default.min_age if default else None
+            if floor is not None and _looser(category.min_age, floor):
                 log.warning(
-                    "feed %s v%d sets category %s to off; ignored: a feed may not switch off "
-                    "a category the default table blocks (%s stays %s)",
-                    feed.publisher_id,
-                    feed.version,
-                    category.id,
-                    category.id,
-                    table[category.id].min_age,
-                )
-                continue
-            if category.min_age == "always":
-                always.add(category.id)
-            elif category.id in always:
-                log.warning(
-                    "feed %s v%d rates category %s %s; ignored: %s is blocked for everyone "
-                    "(always) by the default table or another feed in force",
+                    "feed %s v%d rates category %s %s; ignored: a feed may not rate it looser "
+                    "than the default table or an earlier feed's always (%s)",
                     feed.publisher_id,
                     feed.version,
                     category.id,
                     category.min_age,
-                    category.id,
+                    floor,
                 )
+                continue
+            if category.min_age == "always":
+                always.add(category.id)
             table[category.id] = category
-    for cid in always:  # whichever feed came last, an always category ends always
-        if table[cid].min_age != "always":
-            table[cid] = replace(table[cid], min_age="always")
     return table
+
+
+def _looser(age: str, than: str) -> bool:
+    """Whether min_age `age` protects less than `than` (unknown ages count as looser)."""
+    if age not in STRICTNESS:
+        return True
+    return STRICTNESS.index(age) < STRICTNESS.index(than) if than in STRICTNESS else False
 
 
 def _list_label(manifest, lst) -> str:
