@@ -13,6 +13,7 @@ import socket
 import struct
 import threading
 
+import dns.edns
 import dns.flags
 import dns.message
 import dns.query
@@ -401,3 +402,15 @@ def test_pending_runs_steps_in_order_and_passes_exceptions_as_values():
     pending.settle(5)  # settles once
     assert pending.value == "end"
     assert pending.then(lambda v: v + "!").value == "end!"  # a step after settling runs at once
+
+
+def test_no_upstream_can_be_sent_to_gives_servfail_at_once(safenest, lists):
+    """Every try fails before anything is sent: SERVFAIL with EDE 23 (network error), never NXDOMAIN."""
+    server = safenest(
+        upstream=["255.255.255.255:53"], blocklists_dir=lists, upstream_timeout=30, query_timeout=40
+    )
+    query = dns.message.make_query("nowhere.test", "A", use_edns=0)
+    answer = dns.query.udp(query, server.host, port=server.port, timeout=5)
+    assert answer.rcode() == dns.rcode.SERVFAIL
+    assert [option.otype for option in answer.options] == [dns.edns.OptionType.EDE]
+    assert answer.options[0].code == dns.edns.EDECode.NETWORK_ERROR
