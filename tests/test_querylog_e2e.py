@@ -38,6 +38,8 @@ def family() -> Policy:
         devices=(
             Device("lan-phone", "Lan's phone", "ip", KID, "lan"),
             Device("minh-phone", "Minh's phone", "ip", TEEN, "minh"),
+            Device("guests", "Guest Wi-Fi", "cidr", "127.0.0.8/29", "default"),
+            Device("lan-subnet", "Lan's old subnet", "cidr", "127.0.0.0/29", "lan"),
         ),
     )
 
@@ -234,3 +236,18 @@ def test_rate_limited_drops_are_logged_at_most_once_a_second_per_client(start):
     assert 1 <= len(limited) <= 1 + int(elapsed)
     assert limited[0]["name"] == "www.example.test" and limited[0]["profile"] == "minh"
     assert limited[0]["reason"] == "rate limit"
+
+
+def test_the_device_is_the_policy_entry_that_placed_the_client(start):
+    server = start()
+    ask(server, "www.example.test", client="127.0.0.9")  # in the guests' subnet
+    ask(server, "www.example.test", client="127.0.0.4")  # in Lan's old subnet
+    ask(server, "www.example.test", client=KID)  # its own IP entry beats the subnet
+    ask(server, "www.example.test", client="127.0.0.20")  # no entry: the default profile
+    rows = {r["client"]: (r["device"], r["profile"]) for r in logged(server, 4)}
+    assert rows == {
+        "127.0.0.9": ("guests", "default"),
+        "127.0.0.4": ("lan-subnet", "lan"),
+        KID: ("lan-phone", "lan"),
+        "127.0.0.20": ("", "default"),
+    }
