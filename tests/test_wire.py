@@ -145,6 +145,19 @@ def test_check_response_rejects_what_does_not_match(mutate):
     assert check_response(mutate(request, good), request.id, query.question) is None
 
 
+def test_check_response_compares_the_name_without_case_and_type_and_class_exactly():
+    request = q("www.example.com", "HTTPS")  # type 65 = 0x41; 0x61 = 97 is 'a'
+    good = response_for(request, rr("www.example.com. 300 IN HTTPS 1 ."))
+    question = Query(request.to_wire()).question
+    qend = 12 + len(question)
+    recased = bytearray(good)
+    recased[12 : qend - 4] = bytes(recased[12 : qend - 4]).upper()  # 0x20 randomisation
+    assert check_response(bytes(recased), request.id, question) is not None
+    other_type = bytearray(good)
+    other_type[qend - 3] = 0x61  # type 97: lower-casing the bytes would make it 65
+    assert check_response(bytes(other_type), request.id, question) is None
+
+
 def test_check_response_rejects_forward_compression_pointers():
     request = q("www.example.com")
     good = bytearray(response_for(request, rr("www.example.com. 300 IN A 192.0.2.1")))

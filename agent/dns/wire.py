@@ -56,6 +56,9 @@ class Query:
     `key` identifies answers that may be shared between clients: the lower-cased
     name, type, class and the client's EDNS shape (none, EDNS, EDNS with DO), since
     an answer to a non-EDNS client must carry no OPT record.
+
+    `ttl_cap` (seconds, None: none) is the asker's profile's TTL cap, set by the Policy
+    link on its way down, so the links below serve capped TTLs in their first copy.
     """
 
     __slots__ = (
@@ -73,6 +76,7 @@ class Query:
         "key",
         "client",
         "transport",
+        "ttl_cap",
     )
 
     def __init__(self, data: bytes, client: str = "", transport: str = "udp"):
@@ -85,6 +89,7 @@ class Query:
         self.flags = flags
         self.client = client
         self.transport = transport
+        self.ttl_cap = None  # set by the Policy link: no TTL in the answer above it (seconds)
         self.edns_version = -1
         self.udp_size = 512
         self.do = False
@@ -181,7 +186,9 @@ def name_to_text(wire: bytes) -> str:
     while pos < len(wire) and wire[pos]:
         length = wire[pos]
         label = wire[pos + 1 : pos + 1 + length]
-        labels.append("".join(chr(b) if 0x21 <= b < 0x7F and b not in b".\\" else f"\\{b:03d}" for b in label))
+        labels.append(
+            "".join(chr(b) if 0x21 <= b < 0x7F and b not in b".\\" else f"\\{b:03d}" for b in label)
+        )
         pos += length + 1
     return ".".join(labels) or "."
 
@@ -219,8 +226,8 @@ def check_response(data: bytes, ident: int, question: bytes) -> ResponseInfo | N
     """Validate an upstream response against the query we sent.
 
     Returns None unless the ID matches, it is a standard response to exactly our
-    question (name compared case-insensitively), and every record lies within the
-    message. A response that fails here is ignored, as a spoofing attempt or noise.
+    question (name compared case-insensitively, type and class exactly), and every record
+    lies within the message. A response that fails here is ignored, as a spoofing attempt or noise.
     """
     n = len(data)
     if n < 12:
@@ -233,7 +240,17 @@ def check_response(data: bytes, ident: int, question: bytes) -> ResponseInfo | N
     info.truncated = bool(flags & TC)
     info.ancount = ancount
     qend = 12 + len(question)
-    if qdcount != 1 or data[12:qend].lower() != question.lower():
+    echoed = data[12:qend]
+    # The name case-insensitively (0x20 randomisation), the type and class byte for byte
+    # (lower-casing them would let a response for type 97 pass a check for type 65).
+    if qdcount != 1 or (
+        echoed != question
+        and (
+            len(echoed) != len(question)
+            or echoed[:-4].lower() != question[:-4].lower()
+            or echoed[-4:] != question[-4:]
+        )
+    ):
         # A truncated response may legally omit the question; only TC lets that pass.
         if not (info.truncated and qdcount == 0):
             return None
@@ -347,4 +364,3 @@ def truncated_reply(query: Query) -> bytes:
 def record(rtype: int, ttl: int, rdata: bytes) -> bytes:
     """A record owned by the question name (a pointer to offset 12)."""
     return b"\xc0\x0c" + RR_FIXED.pack(rtype, C_IN, ttl, len(rdata)) + rdata
-
