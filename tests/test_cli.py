@@ -178,7 +178,8 @@ def test_run_answers_logs_its_settings_and_stops_cleanly_on_signal(
     port = free_port()
     data = tmp_path / "data"
     child = safenest(
-        "run", "--dns", f"127.0.0.1:{port}", "--upstream", upstream.address, "--data", str(data)
+        "run", "--dns", f"127.0.0.1:{port}", "--upstream", upstream.address, "--data", str(data),
+        "--admin", "off",
     )
     child.wait_serving(port)
 
@@ -214,6 +215,8 @@ def test_sighup_recompiles_the_lists_while_serving(safenest, upstream, blocklist
     port = free_port()
     child = safenest(
         "run",
+        "--admin",
+        "off",
         "--dns",
         f"127.0.0.1:{port}",
         "--upstream",
@@ -255,6 +258,8 @@ def test_a_port_another_program_holds_is_a_clear_error(safenest, upstream, tmp_p
         child = run_to_end(
             safenest,
             "run",
+            "--admin",
+            "off",
             "--dns",
             f"127.0.0.1:{port}",
             "--upstream",
@@ -308,6 +313,8 @@ def test_a_privileged_port_as_an_ordinary_user_is_a_clear_error(safenest, upstre
         data.chmod(0o777)
         child = safenest(
             "run",
+            "--admin",
+            "off",
             "--dns",
             "127.0.0.1:53",
             "--upstream",
@@ -333,6 +340,8 @@ def test_upstream_that_is_safenest_itself_is_refused(safenest, tmp_path):
     child = run_to_end(
         safenest,
         "run",
+        "--admin",
+        "off",
         "--dns",
         f"127.0.0.1:{port}",
         "--upstream",
@@ -360,6 +369,8 @@ def test_no_upstream_anywhere_explains_how_to_give_one(safenest, tmp_path, resol
     child = run_to_end(
         safenest,
         "run",
+        "--admin",
+        "off",
         "--dns",
         f"127.0.0.1:{port}",
         "--data",
@@ -385,6 +396,7 @@ def test_safenest_environment_variables_take_effect(safenest, upstream, tmp_path
             "SAFENEST_UPSTREAM": upstream.address,
             "SAFENEST_DATA": str(data),
             "SAFENEST_BLOCK_MODE": "nxdomain",
+            "SAFENEST_ADMIN_LISTEN": "off",
         },
     )
     child.wait_serving(port)
@@ -409,6 +421,8 @@ def test_config_file_then_environment_then_flags(safenest, upstream, tmp_path):
     )
     child = safenest(
         "run",
+        "--admin",
+        "off",
         "--dns",
         f"127.0.0.1:{port}",
         "--data",
@@ -493,7 +507,8 @@ def test_a_corrupt_saved_index_does_not_stop_run(safenest, upstream, tmp_path, d
     (data / "lists.idx").write_bytes(content)
     port = free_port()
     child = safenest(
-        "run", "--dns", f"127.0.0.1:{port}", "--upstream", upstream.address, "--data", str(data)
+        "run", "--dns", f"127.0.0.1:{port}", "--upstream", upstream.address, "--data", str(data),
+        "--admin", "off",
     )
     child.wait_serving(port)
     assert addresses(ask(port, "ok.test")) == ["192.0.2.1"]
@@ -513,6 +528,8 @@ def test_saved_lists_keep_filtering_when_the_list_folder_is_gone(
     port = free_port()
     child = safenest(
         "run",
+        "--admin",
+        "off",
         "--dns",
         f"127.0.0.1:{port}",
         "--upstream",
