@@ -99,3 +99,20 @@ class Dataset:
                 stop = min(count, start + 50_000)
                 f.write("".join(f"{tag}-{i:07d}.miss.bench.test A\n" for i in range(start, stop)))
         return path
+
+    def write_household_file(self, path: Path, tag: str, count: int) -> Path:
+        """``count`` queries as a household asks them: 85% cached names (the popular ones
+        more often), 10% names never asked before (``<tag>-<i>.miss.bench.test``: cache
+        misses) and 5% names on the blocklist, shuffled."""
+        rng = random.Random(tag)
+        hits = [hit_name(i) for i in range(1, self.names + 1)]
+        weights = [1 / i for i in range(1, self.names + 1)]  # Zipf, like real browsing
+        blocked = [blocked_name(i) for i in range(1, self.blocked + 1)]
+        n_miss, n_blocked = count // 10, count // 20
+        names = rng.choices(hits, weights, k=count - n_miss - n_blocked)
+        names += [f"{tag}-{i:07d}.miss.bench.test" for i in range(n_miss)]
+        names += rng.choices(blocked, k=n_blocked)
+        rng.shuffle(names)
+        with open(path, "w") as f:
+            f.write("".join(f"{n} A\n" for n in names))
+        return path

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from . import dnsperf, dnswire
 from .dataset import Dataset, blocked_name
+from .household import SERVICE_PROBE
 from .servers import (
     PACKAGES,
     Dnsmasq,
@@ -41,13 +42,17 @@ from .servers import (
 from .sysstat import DropWatch, snapshot
 
 REPO = Path(__file__).resolve().parent.parent
-SCENARIOS = ("hits", "blocked", "latency", "misses")
+SCENARIOS = ("hits", "blocked", "latency", "misses", "logging")
 SERVERS = ("safenest", "dnsmasq", "unbound")
+# safenest-nopolicy: a second SafeNest without the household policy, to compare in one run.
+KNOWN_SERVERS = (*SERVERS, "safenest-nopolicy")
+LOG_LEVELS = ("full", "off")  # the logging scenario's two SafeNests (querylog_privacy)
 TITLES = {
     "hits": "Cache hits (every name answered from the cache)",
     "blocked": "Blocked mix (20% of queries on SafeNest's blocklist, 80% cache hits)",
     "latency": "Latency at a fixed rate on cache hits",
     "misses": "Cache misses (fresh names, every query forwarded to the upstream)",
+    "logging": "SafeNest with the query log full and off, a household mix at a fixed rate",
 }
 
 
@@ -67,7 +72,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--servers",
         default=",".join(SERVERS),
-        help="comma-separated subset of safenest,dnsmasq,unbound",
+        help="comma-separated subset of " + ",".join(KNOWN_SERVERS) + " (default: the first 3)",
     )
     p.add_argument(
         "--scenarios", default=",".join(SCENARIOS), help="subset of " + ",".join(SCENARIOS)
@@ -76,6 +81,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--outstanding", type=int, default=100, help="dnsperf -q on hits (100)")
     p.add_argument("--miss-outstanding", type=int, default=100, help="dnsperf -q on misses (100)")
     p.add_argument("--latency-qps", type=int, default=2000, help="dnsperf -Q (2000)")
+    p.add_argument(
+        "--no-policy",
+        action="store_true",
+        help="SafeNest without the household policy (bench/household.py): the default profile",
+    )
+    p.add_argument("--logging-qps", type=int, default=5000, help="logging: dnsperf -Q (5000)")
+    p.add_argument(
+        "--logging-seconds",
+        type=float,
+        help="logging: seconds per run (default 60; 10 with --quick)",
+    )
+    p.add_argument(
+        "--logging-repeat", type=int, default=1, help="logging: rounds of full and off (1)"
+    )
     p.add_argument(
         "--miss-qps-ceiling",
         type=int,
@@ -113,16 +132,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.seconds = 3.0 if args.quick else 10.0
     if args.repeat is None:
         args.repeat = 1 if args.quick else 3
+    if args.logging_seconds is None:
+        args.logging_seconds = 10.0 if args.quick else 60.0
     args.server_list = [s.strip() for s in args.servers.split(",") if s.strip()]
     args.scenario_list = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     for s in args.server_list:
-        if s not in SERVERS:
+        if s not in KNOWN_SERVERS:
             p.error(f"unknown server {s!r}")
     for s in args.scenario_list:
         if s not in SCENARIOS:
             p.error(f"unknown scenario {s!r}")
     if args.seconds <= 0 or args.repeat < 1 or args.names < 10:
         p.error("--seconds, --repeat and --names must be positive")
+    if args.logging_seconds <= 0 or args.logging_qps < 1 or args.logging_repeat < 1:
+        p.error("--logging-seconds, --logging-qps and --logging-repeat must be positive")
     return args
 
 
@@ -179,9 +202,13 @@ class Bench:
             cache_entries=self.cache_entries,
         )
         for name in self.args.server_list:
-            if name == "safenest":
+            if name.startswith("safenest"):
                 peer: Peer = SafeNest(
-                    **common, executable=self.args.safenest, wait=self.args.safenest_wait
+                    **common,
+                    executable=self.args.safenest,
+                    wait=self.args.safenest_wait,
+                    name=name,
+                    policy=name == "safenest" and not self.args.no_policy,
                 )
             elif name == "dnsmasq":
                 peer = Dnsmasq(**common, forward_max=max(1000, 2 * self.args.miss_outstanding))
@@ -199,6 +226,7 @@ class Bench:
             self.servers.append(peer)
             self.started.append(peer)
             log(f"started {name} on 127.0.0.1:{peer.port} (pid {peer.pid})")
+            self.describe_policy(peer)
             log(f"  {name} answers {blocked_name(1)} with {self.describe_answer(peer)}")
 
     def describe_answer(self, peer: Peer) -> str:
@@ -213,6 +241,21 @@ class Bench:
         if peer.name == "safenest" and not blocked:
             log("  warning: SafeNest does not block the names on its list")
         return text + (" (blocked)" if blocked else "")
+
+    def describe_policy(self, peer: Peer) -> None:
+        """Say which policy a SafeNest runs, and check that it is in force."""
+        if not isinstance(peer, SafeNest):
+            return
+        if not peer.policy:
+            log(f"  {peer.name}: no policy (every device gets the default 12+ profile)")
+            return
+        log(f"  {peer.name} policy: {peer.policy_summary}")
+        # Only the household policy blocks this name (service tiktok); the answer is
+        # synthesized, so it never reaches nsd.
+        data = dnswire.resolve(SERVICE_PROBE, peer.port, timeout=2.0)
+        if data is None or dnswire.a_records(data) != ["0.0.0.0"]:
+            raise RuntimeError(f"{peer.name}: the household policy is not in force")
+        log(f"  {peer.name} answers {SERVICE_PROBE} with 0.0.0.0 (blocked by the policy)")
 
     def skip(self, name: str, why: str) -> None:
         self.skipped[name] = why
@@ -252,6 +295,9 @@ class Bench:
             opts.update(max_qps=a.latency_qps, verbose=True)
         elif scenario == "misses":
             opts.update(outstanding=a.miss_outstanding, passes=1)
+        elif scenario == "logging":
+            # Bounded by count (-n 1 over qps x seconds lines) and by time (-l).
+            opts.update(seconds=a.logging_seconds, max_qps=a.logging_qps, passes=1, verbose=True)
         return opts
 
     def measure(self, server: Peer, scenario: str, rep: int) -> dict:
@@ -259,6 +305,12 @@ class Bench:
             datafile = self.dataset.hits_file
         elif scenario == "blocked":
             datafile = self.dataset.mix_file
+        elif scenario == "logging":
+            datafile = self.dataset.write_household_file(
+                self.tmp / f"q-logging-{server.name}-{rep}.txt",
+                f"l{self.nonce}-{server.name}-r{rep}",
+                math.ceil(self.args.logging_qps * self.args.logging_seconds),
+            )
         else:
             datafile = self.dataset.write_miss_file(
                 self.tmp / f"q-miss-{server.name}-{rep}.txt",
@@ -275,7 +327,7 @@ class Bench:
         finally:
             after = snapshot(server.pid, self.nsd.proc.pid, server.port)
             drops = watch.stop(server.pid, server.port)
-        if scenario == "misses":
+        if scenario in ("misses", "logging"):
             datafile.unlink()
         done = max(res.completed, 1)
         row = {
@@ -321,10 +373,11 @@ class Bench:
         self.nsd = Nsd(self.tmp, self.dataset)
         self.nsd.start()
         log(f"started nsd (upstream) on 127.0.0.1:{self.nsd.port} (pid {self.nsd.proc.pid})")
-        self.make_servers()
-        if not self.servers:
-            raise RuntimeError("no server to measure")
-        cached = [s for s in a.scenario_list if s != "misses"]
+        if any(s != "logging" for s in a.scenario_list):
+            self.make_servers()
+            if not self.servers:
+                raise RuntimeError("no server to measure")
+        cached = [s for s in a.scenario_list if s not in ("misses", "logging")]
         if cached:
             for server in self.servers:
                 self.warm(server)
@@ -345,6 +398,75 @@ class Bench:
                         self.drop(server, f"did not restart for the miss runs: {e}")
                         continue
                     self.record(server, "misses", rep)
+        for server in self.servers:
+            server.stop()  # idle servers would only share the CPU with the logging runs
+        if "logging" in a.scenario_list:
+            self.run_logging()
+
+    def run_logging(self) -> None:
+        """The query log's cost to DNS: the same household mix at a fixed rate to a fresh
+        SafeNest with ``querylog_privacy`` full, then to one with it off; /metrics after each."""
+        a = self.args
+        log(f"logging: {TITLES['logging']} ({a.logging_qps:,} q/s for {a.logging_seconds:g} s)")
+        for rep in range(1, a.logging_repeat + 1):
+            # Full first in odd rounds, off first in even ones: a drift hits both alike.
+            for level in LOG_LEVELS if rep % 2 else LOG_LEVELS[::-1]:
+                peer = SafeNest(
+                    workdir=self.tmp,
+                    dataset=self.dataset,
+                    upstream_port=self.nsd.port,
+                    cache_entries=self.cache_entries,
+                    executable=a.safenest,
+                    wait=a.safenest_wait,
+                    name=f"safenest-log-{level}",
+                    policy=not a.no_policy,
+                    env={"SAFENEST_QUERYLOG_PRIVACY": level},
+                    metrics=True,
+                )
+                why = peer.available()
+                if why:
+                    self.skip(peer.name, why)
+                    return
+                try:
+                    peer.start()
+                except RuntimeError as e:
+                    self.skip(peer.name, str(e))
+                    return
+                self.started.append(peer)
+                log(
+                    f"started {peer.name} on 127.0.0.1:{peer.port}, admin 127.0.0.1:{peer.admin_port}"
+                )
+                self.describe_policy(peer)
+                self.warm(peer)
+                try:
+                    self.record(peer, "logging", rep)
+                    row = self.results["logging"][peer.name][-1]
+                    row.update(self.querylog_counters(peer, level))
+                    log(
+                        f"    log entries dropped {row['querylog_dropped']}, written "
+                        f"{row['querylog_written']}, queries {row['metrics_queries']}"
+                    )
+                finally:
+                    peer.stop()
+
+    def querylog_counters(self, peer: SafeNest, level: str) -> dict:
+        """Dropped and written log entries and answered queries, from /metrics. With the log
+        on, wait (up to 15 s) for the writer's last batch so that `written` is complete."""
+        deadline = time.monotonic() + 15
+        while True:
+            m = parse_metrics(peer.metrics_text())
+            queued = m.get("safenest_querylog_queue_entries", 0)
+            if level == "off" or queued == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        return {
+            "querylog_dropped": int(m.get("safenest_querylog_dropped_total", 0)),
+            "querylog_written": int(m.get("safenest_querylog_written_total", 0)),
+            "querylog_queued": int(queued),
+            "metrics_queries": int(
+                sum(v for k, v in m.items() if k.startswith("safenest_queries_total{"))
+            ),
+        }
 
     def record(self, server: Peer, scenario: str, rep: int) -> None:
         row = self.measure(server, scenario, rep)
@@ -386,7 +508,7 @@ class Bench:
             if isinstance(server, Unbound) and server.port:
                 out["unbound.conf"] = server.config(Path("RUNDIR"))
             if isinstance(server, SafeNest):
-                out["safenest environment"] = " ".join(
+                out[f"{server.name} environment"] = " ".join(
                     f"{k}={v}" for k, v in server.extra_env().items()
                 )
         return out
@@ -401,7 +523,7 @@ class Bench:
             "safenest_git": _git_state(),
         }
         for server in self.started:
-            if server.name == "safenest":
+            if isinstance(server, SafeNest):
                 out["safenest"] = server.version()
         return out
 
@@ -439,6 +561,20 @@ def _version_line(argv: list[str], prefix: str, label: str) -> str:
     return "unknown"
 
 
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text format: {"name{labels}": value} for every sample line."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        try:
+            out[key] = float(value)
+        except ValueError:
+            continue
+    return out
+
+
 def rcode_text(rcodes: dict[str, int]) -> str:
     total = sum(rcodes.values()) or 1
     return " ".join(f"{k} {v / total:.0%}" for k, v in sorted(rcodes.items()))
@@ -468,7 +604,21 @@ def summarise(rows: list[dict]) -> dict:
     for k in SUM_KEYS:
         out[f"{k}_total"] = sum(r[k] for r in rows)
     out["runs"] = len(rows)
+    for k in ("querylog_dropped", "querylog_written", "metrics_queries"):
+        if any(k in r for r in rows):
+            out[f"{k}_total"] = sum(r.get(k, 0) for r in rows)
     return out
+
+
+LOG_RATIO_KEYS = ("p50_ms", "p99_ms", "p999_ms", "avg_ms", "cpu_us_per_query")
+
+
+def logging_ratios(summary: dict[str, dict]) -> dict[str, float]:
+    """Query log full ÷ off for the latency figures and CPU per query."""
+    full, off = summary.get("safenest-log-full"), summary.get("safenest-log-off")
+    if not full or not off:
+        return {}
+    return {k: (full[k] / off[k] if off[k] else math.nan) for k in LOG_RATIO_KEYS}
 
 
 def ratios(summary: dict[str, dict]) -> dict[str, dict[str, float]]:
@@ -532,6 +682,19 @@ def table(scenario: str, summary: dict[str, dict], repeat: int) -> list[str]:
     lines.append(line(head))
     lines.append(line(["-" * w for w in widths]))
     lines.extend(line(r) for r in rows)
+    if scenario == "logging":
+        r = logging_ratios(summary)
+        if r:
+            lines.append(
+                "query log full/off: "
+                + ", ".join(f"{k.removesuffix('_ms')} x{fmt(v, '.3f')}" for k, v in r.items())
+            )
+        for name, s in summary.items():
+            lines.append(
+                f"{name}: log entries dropped {fmt(s.get('querylog_dropped_total'), ',')}, "
+                f"written {fmt(s.get('querylog_written_total'), ',')}; queries answered "
+                f"(/metrics) {fmt(s.get('metrics_queries_total'), ',')}"
+            )
     for peer, r in ratios(summary).items():
         lines.append(
             f"SafeNest/{peer}: QPS x{fmt(r['qps'], '.2f')}, "
@@ -589,6 +752,20 @@ def targets(summaries: dict[str, dict[str, dict]]) -> list[dict]:
         )
     elif "latency" in summaries:
         add("latency: p99 < 0.5 ms", "n/a", "SafeNest not measured")
+    s = summaries.get("logging", {})
+    r = logging_ratios(s)
+    if r:
+        full = s["safenest-log-full"]
+        lost = full["lost_total"] + s["safenest-log-off"]["lost_total"]
+        ok = r["p50_ms"] <= 1.05 and r["p99_ms"] <= 1.05 and lost == 0
+        add(
+            "logging: query log full vs off, p50 and p99 within 5%, nothing lost",
+            "PASS" if ok else "FAIL",
+            f"p50 x{r['p50_ms']:.3f}, p99 x{r['p99_ms']:.3f}, p99.9 x{r['p999_ms']:.3f}; "
+            f"queries lost {lost}; log entries dropped {full.get('querylog_dropped_total', 0)}",
+        )
+    elif "logging" in summaries:
+        add("logging: full vs off", "n/a", "a logging run is missing")
     return out
 
 
@@ -597,7 +774,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd = command_line(argv)
     print(f"command: {cmd}")
     started = datetime.now(UTC)
-    needed = ["dnsperf", "nsd"] + [s for s in args.server_list if s != "safenest"]
+    needed = ["dnsperf", "nsd"] + [s for s in args.server_list if not s.startswith("safenest")]
     missing = check_binaries(needed)
     if missing:
         for m in missing:
@@ -673,6 +850,7 @@ def main(argv: list[str] | None = None) -> int:
                 name: {"median": summaries[scen][name], "runs": rows} for name, rows in per.items()
             }
             | {"ratios": ratios(summaries[scen])}
+            | ({"full_over_off": logging_ratios(summaries[scen])} if scen == "logging" else {})
             for scen, per in bench.results.items()
         },
         "targets": verdicts,

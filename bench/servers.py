@@ -314,10 +314,30 @@ class SafeNest(Peer):
     name = "safenest"
     binary = "safenest"
 
-    def __init__(self, *args, executable: str, wait: float = 10.0, **kwargs):
+    def __init__(
+        self,
+        *args,
+        executable: str,
+        wait: float = 10.0,
+        policy: bool = True,
+        name: str = "safenest",
+        env: dict[str, str] | None = None,
+        metrics: bool = False,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.executable = executable
         self.wait = wait
+        self.name = name
+        # A household's policy (bench/household.py) in DATA/safenest.db before every start;
+        # False: the out-of-the-box default (every device the 12+ default profile).
+        self.policy = policy
+        self.policy_summary = ""
+        self.env = env or {}
+        # The admin server (/metrics) on a loopback port chosen at start, else --admin off:
+        # never port 80 on every address.
+        self.metrics = metrics
+        self.admin_port = 0
 
     @property
     def ready_timeout(self) -> float:
@@ -348,11 +368,17 @@ class SafeNest(Peer):
             # The per-client rate limit would drop dnsperf (one client, 127.0.0.1) after
             # 1,000 queries a minute; the peers have none, and the upstream has no RRL.
             "SAFENEST_RATE_LIMIT_QUERIES": "0",
-        }
+        } | self.env
 
     def argv_env(self, rundir: Path):
+        if self.policy:
+            from .household import write_policy
+
+            self.policy_summary = write_policy(rundir / "var")
         env = dict(os.environ) | self.extra_env()
         env.setdefault("PYTHONUNBUFFERED", "1")
+        self.admin_port = free_port() if self.metrics else 0
+        admin = f"127.0.0.1:{self.admin_port}" if self.metrics else "off"
         return [
             self.executable,
             "run",
@@ -362,7 +388,17 @@ class SafeNest(Peer):
             f"127.0.0.1:{self.port}",
             "--upstream",
             f"127.0.0.1:{self.upstream_port}",
+            "--admin",
+            admin,
         ], env
+
+    def metrics_text(self, timeout: float = 5.0) -> str:
+        """GET /metrics from the admin server on loopback (metrics_clients: loopback)."""
+        from urllib.request import urlopen
+
+        url = f"http://127.0.0.1:{self.admin_port}/metrics"
+        with urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback, our own URL
+            return response.read().decode()
 
 
 def check_binaries(names: list[str]) -> list[str]:
