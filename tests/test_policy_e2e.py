@@ -328,6 +328,9 @@ def test_ttls_are_capped_for_every_child_not_for_an_adult_without_schedules(star
         assert again.answer[0].ttl <= 300
     rewrite = ask(server, "www.google.com", client=KID)
     assert all(rrset.ttl <= 300 for rrset in rewrite.answer)
+    # Answers made below the Policy link carry the cap too (ANY: 3600 s uncapped).
+    assert ask(server, "www.example.test", "ANY", client=KID).answer[0].ttl == 300
+    assert ask(server, "www.example.test", "ANY", client=UNKNOWN).answer[0].ttl == 3600
 
 
 def test_a_device_known_by_mac_keeps_its_profile_when_its_address_moves(start, tmp_path):

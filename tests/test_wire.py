@@ -206,6 +206,23 @@ def test_cached_answer_is_patched_with_id_case_and_counted_down_ttl():
     assert cache.stale(later_query.key, 1000.0 + 300 + 86400 + 1) is None
 
 
+def test_a_capped_copy_lowers_only_the_ttls_above_the_cap_as_they_count_down():
+    request = q("www.example.com", use_edns=0, payload=1232)
+    data = response_for(request, rr("www.example.com. 300 IN CNAME web.example.com."), rr("web.example.com. 60 IN A 192.0.2.1"))
+    query = Query(request.to_wire())
+    entry = AnswerCache(100, 1 << 20, 86400, 3600, 86400).entry_for(
+        query.key, data, check_response(data, request.id, query.question), wire.RD, now=1000.0
+    )
+
+    def ttls(now, cap):
+        return [rrset.ttl for rrset in dns.message.from_wire(entry.serve(query, now, cap=cap)).answer]
+
+    assert ttls(1000.0, 100) == [100, 60]
+    assert ttls(1000.0, None) == [300, 60]  # the entry itself is never capped
+    assert ttls(1250.5, 100) == [50, 0]  # nothing above the cap: the counted-down copy
+    assert ttls(1250.5, 10) == [10, 0]
+
+
 def test_cache_is_bounded_by_entries_and_bytes_lru():
     cache = AnswerCache(3, 1 << 20, 86400, 3600, 0)
     keys = []

@@ -15,17 +15,13 @@ from collections import OrderedDict
 from .wire import (
     CD,
     EDNS_UDP_SIZE,
-    HEADER,
     NOERROR,
     NXDOMAIN,
     RD,
-    RR_FIXED,
-    T_OPT,
     U16,
     U32,
     Query,
     ResponseInfo,
-    skip_name,
 )
 
 STALE_TTL = 30  # RFC 8767 recommends 30 s for stale answers
@@ -39,7 +35,17 @@ def _footprint(entry: Entry) -> int:
 class Entry:
     """One upstream answer, with what is needed to serve it to any client asking the same."""
 
-    __slots__ = ("wire", "ttls", "stored", "expires", "stale_until", "rdcd", "_age", "_aged", "_capped")
+    __slots__ = (
+        "wire",
+        "ttls",
+        "stored",
+        "expires",
+        "stale_until",
+        "rdcd",
+        "_age",
+        "_aged",
+        "_capped",
+    )
 
     def __init__(self, wire: bytes, info: ResponseInfo, rdcd: int, now: float):
         if info.opt_offset >= 0:
@@ -61,7 +67,13 @@ class Entry:
         return self.serve_packet(query.data, query.question_end, query.flags, now, stale, cap)
 
     def serve_packet(
-        self, data: bytes, question_end: int, flags: int, now: float, stale: bool = False, cap: int | None = None
+        self,
+        data: bytes,
+        question_end: int,
+        flags: int,
+        now: float,
+        stale: bool = False,
+        cap: int | None = None,
     ) -> bytes:
         """The answer for the query packet `data` (its question ends at `question_end`).
 
@@ -87,9 +99,16 @@ class Entry:
     def _capped_body(self, age: int, cap: int) -> bytes:
         capped = self._capped
         if capped is None or capped[0] != age or capped[1] != cap:
-            # Kept per (age, cap): a second client of the same profile reuses it.
-            body = self._with_ttls(lambda ttl: min(ttl - age, cap) if ttl > age else 0)
-            capped = self._capped = (age, cap, body)
+            # Kept per (age, cap): a second client of the same profile reuses it. Only the
+            # TTLs above the cap are written; none (short TTLs): the aged copy itself.
+            out = None
+            aged = self._aged
+            for offset, ttl in self.ttls:
+                if ttl - age > cap:
+                    if out is None:
+                        out = bytearray(aged)
+                    U32.pack_into(out, offset, cap)
+            capped = self._capped = (age, cap, aged if out is None else bytes(out))
         return capped[2]
 
     def same_until(self) -> float:
@@ -102,27 +121,6 @@ class Entry:
         for offset, ttl in self.ttls:
             U32.pack_into(aged, offset, new_ttl(ttl))
         return bytes(aged)
-
-
-def cap_ttls(wire: bytes, cap: int) -> bytes:
-    """`wire` with every TTL above `cap` lowered to it (for answers that no cache entry
-    describes; entries cap their own copies). A message it cannot walk is returned as is."""
-    try:
-        _, _, qdcount, ancount, nscount, arcount = HEADER.unpack_from(wire)
-        out = None
-        pos = 12
-        for _ in range(qdcount):
-            pos = skip_name(wire, pos) + 4
-        for _ in range(ancount + nscount + arcount):
-            pos = skip_name(wire, pos)
-            rtype, _, ttl, rdlen = RR_FIXED.unpack_from(wire, pos)
-            if rtype != T_OPT and ttl > cap:
-                out = out or bytearray(wire)
-                U32.pack_into(out, pos + 4, cap)
-            pos += 10 + rdlen
-    except Exception:  # struct.error or Malformed: upstream answers were checked already
-        return wire
-    return wire if out is None else bytes(out)
 
 
 def cache_ttl(info: ResponseInfo, max_ttl: int, negative_max_ttl: int) -> int:
@@ -142,7 +140,14 @@ def cache_ttl(info: ResponseInfo, max_ttl: int, negative_max_ttl: int) -> int:
 class AnswerCache:
     """LRU bounded by entries and bytes; keys are Query.key."""
 
-    def __init__(self, max_entries: int, max_bytes: int, max_ttl: int, negative_max_ttl: int, stale_window: float):
+    def __init__(
+        self,
+        max_entries: int,
+        max_bytes: int,
+        max_ttl: int,
+        negative_max_ttl: int,
+        stale_window: float,
+    ):
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.max_ttl = max_ttl
@@ -173,7 +178,9 @@ class AnswerCache:
         self.stale_served += 1
         return entry
 
-    def entry_for(self, key: tuple, wire: bytes, info: ResponseInfo, rdcd: int, now: float | None = None) -> Entry:
+    def entry_for(
+        self, key: tuple, wire: bytes, info: ResponseInfo, rdcd: int, now: float | None = None
+    ) -> Entry:
         """Wrap an upstream answer as an Entry, and keep it if it may be cached."""
         entry = Entry(wire, info, rdcd, time.monotonic() if now is None else now)
         self.keep(key, entry, info)

@@ -25,7 +25,8 @@ class Caching(Step):
         now = time.monotonic()
         entry = self.cache.fresh(query.key, now)
         if entry is not None:
-            return Answer(entry.serve(query, now), AnswerKind.CACHED, "cache", entry.same_until(), entry)
+            wire = entry.serve(query, now, cap=query.ttl_cap)
+            return Answer(wire, AnswerKind.CACHED, "cache", entry.same_until(), entry)
         result = self.next(query)
         if is_answer(result):
             return self._after(query, result)
@@ -45,5 +46,6 @@ class Caching(Step):
             now = time.monotonic()
             entry = self.cache.stale(query.key, now)
             if entry is not None:
-                return Answer(entry.serve(query, now, stale=True), AnswerKind.STALE, "stale: " + answer.reason)
+                wire = entry.serve(query, now, stale=True, cap=query.ttl_cap)
+                return Answer(wire, AnswerKind.STALE, "stale: " + answer.reason)
         return answer

@@ -45,12 +45,14 @@ class Forwarding(Step):
         entry = Entry(data, info, RD | (flags & CD), time.monotonic())
         packet = query.data
         end = query.question_end
+        cap = query.ttl_cap  # the asker's profile's (set by the Policy link)
         if flags & RD and data[12:end] == packet[12:end]:
             # What entry.serve gives at age 0 when the upstream echoed the question byte for
-            # byte and the client's RD/CD are those we sent: the client's ID on our copy.
-            wire = packet[:2] + entry.wire[2:]
+            # byte and the client's RD/CD are those we sent: the client's ID on our copy
+            # (capped in the same single copy).
+            wire = packet[:2] + (entry.wire if cap is None else entry._capped_body(0, cap))[2:]
         else:
-            wire = entry.serve(query, entry.stored)
+            wire = entry.serve(query, entry.stored, cap=cap)
         answer = Fetched(wire, AnswerKind.FORWARDED, "upstream " + upstream.name)
         answer.fetched = (entry, info)
         return answer

@@ -9,8 +9,10 @@ type) until the policy snapshot is swapped or the clock reaches the snapshot's
   (NXDOMAIN for the DoH and Private Relay canaries, NODATA for resolver.arpa), a short TTL
   and an Extended DNS Error 15 whose text is the reason (``category=adult min_age=18+``);
 - rewrite (SafeSearch): a CNAME to the engine's safe host plus its records (safesearch.py);
-- allow: the rest of the chain, with TTLs capped for profiles with schedules or overrides,
-  so a device cannot keep cached answers long into bedtime.
+- allow: the rest of the chain, with TTLs capped for child profiles and profiles with
+  schedules or overrides, so a device cannot keep cached answers long into bedtime. The cap
+  travels down on the query (`Query.ttl_cap`): the cache and the forwarder write it into
+  the one copy they serve.
 
 Time: decisions are pure functions of the wall-clock time; what is remembered is valid
 until a monotonic deadline computed from `next_change`. `refresh_time` (called at that
@@ -28,7 +30,6 @@ from datetime import UTC, datetime
 
 from ...model import Answer, AnswerKind
 from ...policy.decision import decide
-from ..cache import cap_ttls
 from ..release import release_gradually
 from ..wire import (
     EDE_BLOCKED,
@@ -270,12 +271,9 @@ class Policy(Step):
         action = found.action
         cap = self.tags[query.client][1]
         if action == "allow":
-            result = self.next(query)
-            if cap is None:
-                return result
-            if isinstance(result, Answer):
-                return self._capped(query, result, cap)
-            return result.then(lambda answer: self._capped(query, answer, cap))
+            # The links below cap the TTLs in the copy they serve (no second copy here).
+            query.ttl_cap = cap
+            return self.next(query)
         if action == "block":
             self.blocked += 1
             # Reusable until the next change of the policy (the replay memo is emptied then).
@@ -301,15 +299,3 @@ class Policy(Step):
                 return reply(query, NOERROR, null, 1, ede=ede)
         # "nodata", or a null answer for a type that has no null address.
         return reply(query, NOERROR, authority=self._soa, nscount=1, ede=ede)
-
-    @staticmethod
-    def _capped(query: Query, answer, cap: int):
-        """The same answer with no TTL above `cap`."""
-        if not isinstance(answer, Answer) or answer.wire is None:
-            return answer
-        entry = answer.entry
-        if entry is not None:
-            answer.wire = entry.serve(query, time.monotonic(), cap=cap)
-        else:
-            answer.wire = cap_ttls(answer.wire, cap)
-        return answer

@@ -19,13 +19,16 @@ class SpecialQueries(Step):
 
     def __call__(self, query: Query) -> Result:
         if query.qclass != C_IN:
-            return Answer(reply(query, REFUSED), AnswerKind.LOCAL, f"class {query.qclass} not served")
+            return Answer(
+                reply(query, REFUSED), AnswerKind.LOCAL, f"class {query.qclass} not served"
+            )
         if query.qtype != T_ANY:
             return self.next(query)
         request = DNSRecord.parse(query.data)
         response = request.reply()
         response.header.aa = 0
-        response.add_answer(RR(request.q.qname, QTYPE.HINFO, ttl=ANY_TTL, rdata=RD(HINFO_RDATA)))
+        ttl = ANY_TTL if query.ttl_cap is None else min(ANY_TTL, query.ttl_cap)
+        response.add_answer(RR(request.q.qname, QTYPE.HINFO, ttl=ttl, rdata=RD(HINFO_RDATA)))
         if query.edns_version >= 0:
             response.add_ar(EDNS0(udp_len=1232))
         return Answer(bytes(response.pack()), AnswerKind.LOCAL, "ANY (RFC 8482)")
