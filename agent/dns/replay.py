@@ -54,6 +54,7 @@ class ReplayMemo:
         self._size = 0
         # profile id -> whether its answers go to the query log (None: there is no log).
         self.logs: Callable[[str], bool] | None = None
+        self._logged: dict[str, bool] = {}  # logs(profile), asked once per profile per clear()
 
     def __len__(self) -> int:
         return self._size
@@ -86,6 +87,11 @@ class ReplayMemo:
         if kind is AnswerKind.FORWARDED:
             kind, reason = AnswerKind.CACHED, "cache"  # what a repeat of it is
         until = answer.reuse_until if answer.reuse_until < self.until else self.until
+        profile = tag[0]
+        logged = self._logged.get(profile)
+        if logged is None:
+            # Asked once per profile until the memo is emptied (attach_log empties it).
+            logged = self._logged[profile] = self.logs is not None and bool(self.logs(profile))
         memo[key] = (
             until,
             wire[2:],
@@ -94,15 +100,9 @@ class ReplayMemo:
             answer.entry,
             query.question_end,
             tag[1],
-            count_key(kind, reason),
-            self._log_entry(tag[0], query, kind, reason),
+            kind if kind is not AnswerKind.BLOCKED else (kind, reason),  # count_key(), inlined
+            (profile, query.qname_key, query.qtype, kind, reason) if logged else None,
         )
-
-    def _log_entry(self, profile: str, query: Query, kind: AnswerKind, reason: str) -> tuple | None:
-        logs = self.logs
-        if logs is None or not logs(profile):
-            return None
-        return (profile, query.qname_key, query.qtype, kind, reason)
 
     def _evict(self, memo: OrderedDict) -> None:
         victim = memo if memo else max(self._memos.values(), key=len)
@@ -133,6 +133,7 @@ class ReplayMemo:
         old = self._memos
         self._memos = {}
         self._gets.clear()
+        self._logged.clear()
         self._size = 0
         for memo in old.values():
             release_gradually(memo)

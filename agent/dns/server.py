@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 from ..model import Answer, AnswerKind
 from .pending import Pending
-from .replay import ReplayMemo, count_key
+from .replay import ReplayMemo
 from .steps.base import Step
 from .steps.client_gate import ADMITTED, RATE_LIMITED
 from .wire import BADVERS, SERVFAIL, U16, Malformed, Query, error_reply, reply, truncated_reply
@@ -338,6 +338,12 @@ class DnsServer:
                     self._log_limited(client, hit[8])
                 return None
             # Not allowed: the chain refuses it, as it would any other packet.
+        return self._resolve(data, client, transport, send, arrived)
+
+    def _resolve(
+        self, data: bytes, client: str, transport: str, send, arrived: float
+    ) -> Pending | None:
+        """`answer` after the replay memo had nothing (the UDP path looked it up itself)."""
         try:
             query = Query(data, client, transport)
         except Malformed as exc:
@@ -394,7 +400,8 @@ class DnsServer:
         arrived: float = 0.0,
     ) -> None:
         kind = answer.kind
-        self.counts[count_key(kind, answer.reason)] += 1
+        # count_key(), inlined: this runs for every answer of the slow path.
+        self.counts[kind if kind is not AnswerKind.BLOCKED else (kind, answer.reason)] += 1
         if query is not None and answer.reuse_until:
             self.replay.remember(query, answer)
         if answer.wire is not None:
@@ -442,7 +449,7 @@ class DnsServer:
                 if hit[0] <= now:
                     hit = self.replay.refresh(client, data[2:], hit, data, now)
                     if hit is None:
-                        self.answer(data, client, "udp", lambda q, a, s=sock, to=address: self._send_udp(s, q, a, to), now)
+                        self._resolve(data, client, "udp", lambda q, a, s=sock, to=address: self._send_udp(s, q, a, to), now)
                         continue
                 verdict = admit(client)
                 if verdict == ADMITTED:
@@ -464,7 +471,7 @@ class DnsServer:
                         self._log_limited(client, hit[8])
                     continue
                 # Not allowed: the chain refuses it, as it would any other packet.
-            self.answer(data, client, "udp", lambda q, a, s=sock, to=address: self._send_udp(s, q, a, to), now)
+            self._resolve(data, client, "udp", lambda q, a, s=sock, to=address: self._send_udp(s, q, a, to), now)
 
     def _send_udp(self, sock: socket.socket, query: Query | None, answer: Answer, address) -> None:
         wire = answer.wire

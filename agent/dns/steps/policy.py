@@ -265,11 +265,12 @@ class Policy(Step):
         return found
 
     def __call__(self, query: Query) -> Result:
+        client = query.client
         if self.seen is not None:
-            self.seen.note(query.client)
+            self.seen.note(client)
         found = self.decision(query)
         action = found.action
-        cap = self.tags[query.client][1]
+        cap = self.tags[client][1]
         if action == "allow":
             # The links below cap the TTLs in the copy they serve (no second copy here).
             query.ttl_cap = cap
