@@ -116,15 +116,16 @@ class Query:
             raise Malformed(FORMERR, "question name longer than 255 bytes")
         if pos + 4 > n:
             raise Malformed(FORMERR, "question is cut short")
-        self.qname = data[12:pos]
-        self.qname_key = self.qname.lower()
-        self.qtype, self.qclass = TYPE_CLASS.unpack_from(data, pos)
-        pos += 4
-        self.question_end = pos
+        self.qname = qname = data[12:pos]
+        self.qname_key = qname_key = qname.lower()
+        self.qtype, self.qclass = qtype, qclass = TYPE_CLASS.unpack_from(data, pos)
+        self.question_end = pos + 4
         if arcount or ancount or nscount:
-            self._read_edns(pos, ancount + nscount, arcount)
-        shape = 0 if self.edns_version < 0 else (2 if self.do else 1)
-        self.key = (self.qname_key, self.qtype, self.qclass, shape)
+            self._read_edns(pos + 4, ancount + nscount, arcount)
+            shape = 0 if self.edns_version < 0 else (2 if self.do else 1)
+        else:
+            shape = 0
+        self.key = (qname_key, qtype, qclass, shape)
 
     def _read_edns(self, pos: int, skip: int, arcount: int) -> None:
         data = self.data

@@ -7,7 +7,7 @@ import time
 from ...model import Answer, AnswerKind
 from ..cache import AnswerCache
 from ..wire import Query
-from .base import Result, Step, is_answer
+from .base import Result, Step
 
 
 class Caching(Step):
@@ -28,7 +28,7 @@ class Caching(Step):
             wire = entry.serve(query, now, cap=query.ttl_cap)
             return Answer(wire, AnswerKind.CACHED, "cache", entry.same_until(), entry)
         result = self.next(query)
-        if is_answer(result):
+        if isinstance(result, Answer):
             return self._after(query, result)
         return result.then(lambda answer: self._after(query, answer))
 
