@@ -2,6 +2,8 @@
 
 `record()` runs on the DNS event loop, so it must never wait: it appends a tuple to a
 deque (an atomic operation under the GIL, no lock) or, when the queue is full, counts a drop.
+Its entry has the shape of the resolver's prebuilt ones (see `queue`): the writer looks up the
+ids of each distinct answer once (QueryLogStore.write_items), so its cost per entry is small.
 The writer thread wakes every POLL seconds and writes when `flush_entries` are waiting or
 `flush_seconds` have passed, one transaction per batch (WAL; a crash loses at most the
 entries still queued). Between batches it computes the top names of each finished hour and
@@ -28,12 +30,10 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from ..dns.wire import name_to_text
 from ..storage.querylog import (
     GLOBAL,
     KINDS_KEPT_WHEN_HIDING,
     PRIVACY_LEVELS,
-    Entry,
     QueryLogStore,
     hour_of,
 )
@@ -46,8 +46,6 @@ PRUNE_EVERY = 3_600.0  # seconds between two retention prunes
 STEPS_PER_CYCLE = 10  # deleting batches run between two looks at the queue
 ERROR_LOG_EVERY = 60.0  # at most one log line a minute about failing writes
 COMMAND_WAIT = 60.0  # how long set_privacy()/delete_profile() wait for the writer
-YIELD_EVERY = 256  # entries the writer handles before it lets another thread take the GIL
-NAME_TEXTS = 20_000  # wire name -> text conversions remembered (a household repeats names)
 
 
 def stricter(new: str, old: str) -> bool:
@@ -109,7 +107,7 @@ class QueryLog:
         self.in_write = False  # the writer is inside a write (the tests watch it)
         self._last_error_log = -ERROR_LOG_EVERY
         self._rolled_up_until: int | None = None
-        self._name_texts: dict[bytes, str] = {}
+        self._epoch = 0  # changes with the privacy levels: the store asks _keep() again
         self._flushed_at: float | None = None  # clock() when the last successful flush began
         self._next_prune = 0.0
         # Privacy: the profiles' own levels and the global one, as applied.
@@ -157,15 +155,23 @@ class QueryLog:
             self.dropped += 1
             return
         queue.append(
-            (self.clock(), client, device, profile, name, qtype, kind, reason, upstream, latency_ms)
+            (
+                self.clock(),
+                client,
+                device,
+                (profile, name, qtype, kind, reason),
+                upstream,
+                latency_ms,
+            )
         )
 
     @property
     def queue(self) -> deque:
         """The entries waiting. The resolver's inlined fast path appends to it directly, after
-        checking `queue_entries` itself (counting `dropped`), entries of a second, compact shape:
+        checking `queue_entries` itself (counting `dropped`), entries of the shape
         ``(time, client, device, (profile, name, qtype, kind, reason))``, the inner tuple
-        prebuilt once per remembered answer (agent/dns/replay.py)."""
+        prebuilt once per remembered answer (agent/dns/replay.py). record() queues
+        ``(time, client, device, (profile, ...), upstream, latency_ms)``."""
         return self._queue
 
     @property
@@ -237,10 +243,9 @@ class QueryLog:
         if not batch:
             self._after_flush(started)
             return True
-        counted, raw = self._split(batch)
         self.in_write = True
         try:
-            self.store.write(counted, raw)
+            counted, rejected = self.store.write_items(batch, self._keep, self._epoch)
         except (sqlite3.Error, OSError) as exc:
             self.write_errors += 1
             now = time.monotonic()
@@ -251,7 +256,8 @@ class QueryLog:
         finally:
             self.in_write = False
         self._pending = []
-        self.written += len(counted)
+        self.written += counted
+        self.rejected += rejected
         self.flushes += 1
         self._after_flush(started)
         return True
@@ -259,55 +265,15 @@ class QueryLog:
     def _after_flush(self, started: float) -> None:
         self._flushed_at = started
 
-    def _split(self, batch: list[tuple]) -> tuple[list[Entry], list[Entry]]:
-        """(entries to count, entries to log), as each entry's profile's privacy level says."""
-        counted: list[Entry] = []
-        raw: list[Entry] = []
-        levels, default = self._levels, self._global
-        texts = self._name_texts
-        for i, item in enumerate(batch):
-            if not i % YIELD_EVERY:
-                time.sleep(0)  # let the DNS thread have the GIL between slices of this work
-            try:
-                if len(item) == 4:  # the resolver's compact shape (see `queue`)
-                    when, client, device, (profile, name, qtype, kind, reason) = item
-                    upstream, latency = "", 0.0
-                else:
-                    when, client, device, profile, name, qtype, kind, reason, upstream, latency = (
-                        item
-                    )
-                level = levels.get(profile, default)
-                if level == "off":
-                    continue
-                keep = level == "full" or (
-                    level == "hide_allowed" and kind in KINDS_KEPT_WHEN_HIDING
-                )
-                if keep and name.__class__ is bytes:
-                    text = texts.get(name)
-                    if text is None:
-                        if len(texts) >= NAME_TEXTS:
-                            texts.clear()
-                        text = texts[name] = name_to_text(name)
-                    name = text
-                entry = Entry(
-                    float(when),
-                    client,
-                    device,
-                    profile,
-                    name,
-                    int(qtype),
-                    kind,
-                    reason,
-                    upstream,
-                    latency,
-                )
-            except (TypeError, ValueError):
-                self.rejected += 1
-                continue
-            counted.append(entry)
-            if keep:
-                raw.append(entry)
-        return counted, raw
+    def _keep(self, profile: str, kind: str) -> bool | None:
+        """What the privacy level of `profile` does with an answer of `kind`: True to log it,
+        False to count it only, None for neither. The store asks once per distinct answer."""
+        level = self._levels.get(profile, self._global)
+        if level == "full":
+            return True
+        if level == "hide_allowed":
+            return kind in KINDS_KEPT_WHEN_HIDING
+        return None if level == "off" else False
 
     def _maintain(self) -> None:
         """Roll up finished hours, then run a few deleting batches of the jobs and the prune."""
@@ -390,6 +356,7 @@ class QueryLog:
         else:
             self._levels[profile] = _check_level(level)
         new = self.privacy(profile)
+        self._epoch += 1
 
         def steps() -> Iterator[int]:
             self.store.save_privacy_level(profile, level)
@@ -402,6 +369,7 @@ class QueryLog:
     def _set_global(self, level: str, wait: bool) -> bool:
         old = self._global
         self._global = level  # new entries follow it from now on
+        self._epoch += 1
         keep = list(self._levels)
 
         def steps() -> Iterator[int]:

@@ -41,8 +41,13 @@ class Migration:
 class Database:
     """A database file shared by threads; `db` is this thread's sqlite_utils.Database."""
 
-    def __init__(self, path: str | Path, migrations: Sequence[Migration] = ()):
+    def __init__(
+        self, path: str | Path, migrations: Sequence[Migration] = (), page_size: int | None = None
+    ):
         self.path = Path(path)
+        # Bytes per page of a new file (None: SQLite's 4096). Smaller pages mean fewer bytes
+        # per small commit; it takes effect only before the file's first table (WAL keeps it).
+        self.page_size = page_size
         _make_private(self.path)
         self._local = threading.local()
         self._migrations = tuple(sorted(migrations, key=lambda m: m.version))
@@ -56,6 +61,8 @@ class Database:
         db = getattr(self._local, "db", None)
         if db is None:
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            if self.page_size is not None:
+                conn.execute(f"PRAGMA page_size={int(self.page_size)}")
             conn.execute("PRAGMA journal_mode=WAL")
             # NORMAL: in WAL mode a power cut may lose the last commits but never corrupts the file.
             conn.execute("PRAGMA synchronous=NORMAL")

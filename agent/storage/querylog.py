@@ -9,7 +9,8 @@ where every byte written wears the card:
   so reading a time range, the current hour or pruning the oldest rows needs no index at all.
   Strings are small integers: client, device, profile, category, reason and upstream point
   into ``terms``, the name into ``names`` (a household asks for a few thousand names a day,
-  each many times). The latency is kept in microseconds (1 to 3 bytes as an integer).
+  each many times); 0 stands for "none" (older rows may hold NULL: readers accept both). The
+  latency is kept in microseconds (1 to 3 bytes as an integer).
 - ``rollups``: queries per (hour, profile, kind, category), WITHOUT ROWID. The writer adds each
   batch's counts in the same transaction as its raw rows, so they always include the current
   hour and agree with the raw log; the statistics never scan the raw log for counts.
@@ -19,6 +20,13 @@ where every byte written wears the card:
 - ``privacy``: the privacy level last applied per profile (``*``: the global level), so that a
   level made stricter while SafeNest was stopped is still purged at the next start.
 - ``meta``: ``rolled_up_until``, the first hour whose top names are not computed yet.
+
+The writer's Python work per entry is kept small (``write_items``): the ids of each distinct
+answer ``(profile, name, type, kind, reason)`` are looked up once and remembered (the resolver
+hands thousands of entries that share one prebuilt answer tuple), each row is one tuple of
+integers, and the counts are a Counter over small integers. No parameter is ever None: the
+sqlite3 module's adapter lookup for a None costs more than the whole rest of a row.
+Pages are 1 KiB (``PAGE_SIZE``): a small commit writes a quarter of the bytes of 4 KiB pages.
 
 Deletions (retention, privacy purges, a profile's history) run in batches of ``BATCH`` rows,
 each its own transaction, so none holds the write lock for long. Names and terms no longer
@@ -30,7 +38,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,14 +46,27 @@ from typing import NamedTuple
 
 import sqlite_utils
 
+from ..dns.wire import name_to_text
 from .db import Database, Migration
 
 TOP_NAMES = 20  # names kept per rollup key and hour
-YIELD_EVERY = 256  # rows built between two offers of the GIL to other threads
+SLICE = 256  # entries turned into rows between two offers of the GIL to other threads
+PAGE_SIZE = 1024  # bytes per page of a new file: fewer bytes written per small commit
+ANSWERS = 50_000  # distinct answers whose ids are remembered
 BATCH = 1_000  # rows per deleting statement
 SEQ_BITS = 12  # ids: time in ms << SEQ_BITS | sequence
 SEQ_MASK = (1 << SEQ_BITS) - 1
 HOUR_MS = 3_600_000
+HOUR_IDS = HOUR_MS << SEQ_BITS
+SECOND_IDS = 1000 << SEQ_BITS
+MAX_HOUR = (1 << 62) // HOUR_IDS  # ids stay below 2**62, well inside SQLite's integers
+COLUMNS = 11  # of queries
+INSERT_ROW = f"INSERT INTO queries VALUES ({','.join('?' * COLUMNS)})"
+CHUNK_ROWS = 64  # rows per INSERT statement (the rest of a batch: one row per statement)
+CHUNK_PARAMS = CHUNK_ROWS * COLUMNS
+INSERT_CHUNK = "INSERT INTO queries VALUES " + ",".join(
+    [f"({','.join('?' * COLUMNS)})"] * CHUNK_ROWS
+)
 GLOBAL = "*"  # the privacy table's key for the global level
 
 # Answer kinds as stored (small integers). The values of agent.model.AnswerKind plus
@@ -72,7 +93,7 @@ KINDS_KEPT_WHEN_HIDING = frozenset({"blocked", "rewritten"})  # "hide allowed" k
 
 
 class Entry(NamedTuple):
-    """One answered query, as QueryLog.record() queues it."""
+    """One answered query, for QueryLogStore.write() (the tests', the bench's form)."""
 
     time: float  # Unix seconds
     client: str
@@ -84,6 +105,13 @@ class Entry(NamedTuple):
     reason: str
     upstream: str  # "" when not forwarded
     latency_ms: float
+
+
+# What the writer takes (QueryLog's queue): ``(time, client, device, answer)`` or
+# ``(time, client, device, answer, upstream, latency_ms)``, where answer is the tuple
+# ``(profile, name, qtype, kind, reason)``. Entries that share an answer share its ids.
+# keep_of(profile, kind): True to log, False to count only, None for neither.
+KeepOf = Callable[[str, str], bool | None]
 
 
 def category_of(reason: str) -> str:
@@ -205,14 +233,20 @@ class QueryLogStore:
 
     def __init__(self, database: Database):
         self.database = database
-        self._term_ids: dict[str, int] = {}
+        self._term_ids: dict[str, int] = {"": 0}
         self._name_ids: dict[str, int] = {}
+        # answer tuple -> (keep, its row columns, its rollup slot); see write_items().
+        self._answers: dict[tuple, tuple] = {}
+        self._answers_epoch: object = None
+        self._slots: dict[tuple[int, int, int], int] = {}  # (profile, kind, category) -> slot
+        self._slot_keys: list[tuple[int, int, int]] = []
         self._data_version: tuple[int, int] | None = None  # (connection, PRAGMA data_version)
         self._last_id = 0
+        self._legacy_epoch = 0
 
     @classmethod
     def open(cls, path: str | Path) -> QueryLogStore:
-        return cls(Database(path, MIGRATIONS))
+        return cls(Database(path, MIGRATIONS, page_size=PAGE_SIZE))
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -225,11 +259,17 @@ class QueryLogStore:
 
     def _forget_ids(self) -> None:
         self._term_ids.clear()
+        self._term_ids[""] = 0
         self._name_ids.clear()
+        self._answers.clear()
+        self._slots.clear()
+        self._slot_keys.clear()
 
     def _id(self, table: str, column: str, cache: dict[str, int], text: str) -> int:
         found = cache.get(text)
         if found is None:
+            if text.__class__ is not str:
+                raise TypeError(f"{column}: expected text, got {type(text).__name__}")
             conn = self.conn
             conn.execute(f"INSERT OR IGNORE INTO {table}({column}) VALUES (?)", (text,))
             found = conn.execute(f"SELECT id FROM {table} WHERE {column} = ?", (text,)).fetchone()[
@@ -237,11 +277,13 @@ class QueryLogStore:
             ]
             if len(cache) >= 100_000:  # bound the memory of a long run
                 cache.clear()
+                self._term_ids[""] = 0
             cache[text] = found
         return found
 
-    def _term(self, text: str) -> int | None:
-        return self._id("terms", "text", self._term_ids, text) if text else None
+    def _term(self, text: str) -> int:
+        """The id of a short text; 0 for ''."""
+        return self._id("terms", "text", self._term_ids, text) if text else 0
 
     def _name(self, name: str) -> int:
         return self._id("names", "name", self._name_ids, name)
@@ -250,40 +292,93 @@ class QueryLogStore:
         row = self.conn.execute("SELECT id FROM terms WHERE text = ?", (text,)).fetchone()
         return row[0] if row else None
 
+    def _answer(self, answer: tuple, keep_of: KeepOf) -> tuple:
+        """(keep, columns, slot) of an answer, its strings stored; remembered per answer."""
+        profile, name, qtype, kind, reason = answer
+        keep = keep_of(profile, kind)
+        if keep is None:
+            info: tuple = (None, (), 0, ())
+        else:
+            qtype = int(qtype)
+            if reason.__class__ is not str:
+                raise TypeError("reason: expected text")
+            kind_code = KIND_CODE.get(kind, 0)
+            profile_id, category_id = self._term(profile), self._term(category_of(reason))
+            columns = ()
+            if keep:  # names and reasons are stored only for logged answers
+                if name.__class__ is bytes:
+                    name = name_to_text(name)
+                name_id = self._name(name) if name else 0
+                reason_id = self._term(reason)
+                columns = (profile_id, name_id, qtype, kind_code, category_id, reason_id)
+            key = (profile_id, kind_code, category_id)
+            slot = self._slots.get(key)
+            if slot is None:
+                slot = self._slots[key] = len(self._slot_keys)
+                self._slot_keys.append(key)
+            info = (keep, columns, slot, (*columns, 0, 0))
+        if len(self._answers) >= ANSWERS:
+            self._answers.clear()
+        self._answers[answer] = info
+        return info
+
     # -- writing -----------------------------------------------------------------------
 
     def write(self, counted: Sequence[Entry], raw: Sequence[Entry]) -> None:
         """One transaction: `raw` entries into the log, `counted` entries into the rollups.
 
-        The privacy level decides which entries are in which list (QueryLog does that).
+        `raw` must be part of `counted`, chosen by (profile, kind) as the privacy levels choose.
+        (QueryLog writes its queue with write_items(); this form is for tests and benches.)
         """
-        if not counted and not raw:
-            return
+        kept = {(e.profile, e.kind) for e in raw}
+        self._legacy_epoch -= 1  # a fresh keep_of: the remembered answers do not apply
+        self.write_items(
+            [
+                (
+                    e.time,
+                    e.client,
+                    e.device,
+                    (e.profile, e.name, e.qtype, e.kind, e.reason),
+                    e.upstream,
+                    e.latency_ms,
+                )
+                for e in counted
+            ],
+            lambda profile, kind: (profile, kind) in kept,
+            self._legacy_epoch,
+        )
+
+    def write_items(
+        self, items: Sequence[tuple], keep_of: KeepOf, epoch: object = 0
+    ) -> tuple[int, int]:
+        """One transaction for a batch of queued entries; returns (counted, rejected).
+
+        `keep_of(profile, kind)` says what to do with an answer (see KeepOf); it is asked once
+        per distinct answer while `epoch` stays the same (change it when the levels change).
+        An entry that cannot be read (a caller's bug) is rejected, not written.
+        """
+        if not items:
+            return 0, 0
         try:
             try:
-                self._write(counted, raw, one_by_one=False)
+                return self._write_items(items, keep_of, epoch, one_by_one=False)
             except sqlite3.IntegrityError:
                 # Two ids collided: a restart or a clock set back within the same millisecond.
                 self._forget_ids()
-                self._write(counted, raw, one_by_one=True)
+                return self._write_items(items, keep_of, epoch, one_by_one=True)
         except BaseException:
             self._forget_ids()  # the rollback took back the ids of names and terms it added
             raise
 
-    def _next_id(self, seconds: float) -> int:
-        """The id of an entry at `seconds`: its time, after the last id when within a second of it.
+    def _write_items(
+        self, items: Sequence[tuple], keep_of: KeepOf, epoch: object, one_by_one: bool
+    ) -> tuple[int, int]:
+        """The loop below is the writer's per-entry cost: keep it to a few operations.
 
-        Entries of the same millisecond, or queued a little late, take the next free id, so
-        the ids keep the order of writing. A clock set back by more than a second (NTP on a Pi
-        without a real-time clock) gets its true time; a rare collision is handled in write().
+        Ids are ``time in ms << SEQ_BITS``, or the last id + 1 when that is within a second
+        ahead (entries of the same millisecond, or queued a little late, keep the order of
+        writing); a clock set back by more than a second gets its true time.
         """
-        wanted = int(seconds * 1000) << SEQ_BITS
-        last = self._last_id
-        if wanted > last or last - wanted > (1000 << SEQ_BITS):
-            return wanted
-        return last + 1
-
-    def _write(self, counted: Sequence[Entry], raw: Sequence[Entry], one_by_one: bool) -> None:
         with self.database.transaction() as db:
             conn = db.conn
             # data_version is per connection: remember whose it is.
@@ -291,49 +386,90 @@ class QueryLogStore:
             if version != self._data_version:
                 self._forget_ids()  # another connection may have deleted names or terms
                 self._data_version = version
-            term, name_id = self._term, self._name
-            categories = {reason: category_of(reason) for reason in {e.reason for e in counted}}
-            rows = []
-            for i, e in enumerate(raw):  # in the order recorded: the ids keep it
-                if not i % YIELD_EVERY:
-                    time.sleep(0)  # the DNS thread may want the GIL: give it a turn
-                row_id = self._last_id = self._next_id(e.time)
-                rows.append(
-                    (
-                        row_id,
-                        term(e.client) or 0,
-                        term(e.device),
-                        term(e.profile) or 0,
-                        name_id(e.name) if e.name else None,
-                        e.qtype,
-                        KIND_CODE.get(e.kind, 0),
-                        term(categories.get(e.reason) or category_of(e.reason)),
-                        term(e.reason),
-                        term(e.upstream),
-                        max(0, round(e.latency_ms * 1000)),
-                    )
-                )
-            sql = "INSERT INTO queries VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+            if epoch != self._answers_epoch:
+                self._answers.clear()
+                self._answers_epoch = epoch
+            answers_get, answer = self._answers.get, self._answer
+            term_get, term = self._term_ids.get, self._term
+            last = self._last_id
+            slots_by_hour: dict[int, list[int]] = {}
+            slots: list[int] = []
+            hour_from = hour_to = 0  # the ids of the current hour of `slots`
+            counted = rejected = 0
+            params: list[int] = []  # the rows not inserted yet, flat: COLUMNS values each
+            add = params.extend
+            for start in range(0, len(items), SLICE):
+                time.sleep(0)  # the DNS thread may want the GIL: give it a turn
+                for item in items[start : start + SLICE]:
+                    try:
+                        logged = item[3]
+                        info = answers_get(logged)
+                        if info is None:
+                            info = answer(logged, keep_of)
+                        keep = info[0]
+                        if keep is None:
+                            continue
+                        wanted = int(item[0] * 1000) << SEQ_BITS
+                        if not hour_from <= wanted < hour_to:
+                            hour = wanted // HOUR_IDS
+                            if not 0 <= hour < MAX_HOUR:
+                                raise ValueError("time out of range")
+                            hour_from, hour_to = hour * HOUR_IDS, (hour + 1) * HOUR_IDS
+                            slots = slots_by_hour.setdefault(hour, [])
+                        if keep:
+                            client = term_get(item[1])
+                            if client is None:
+                                client = term(item[1])
+                            device = term_get(item[2])
+                            if device is None:
+                                device = term(item[2])
+                            if len(item) == 4:  # the resolver's replayed answers
+                                tail = ()
+                                columns = info[3]  # ends with upstream 0, latency 0
+                            else:
+                                upstream = term_get(item[4])
+                                if upstream is None:
+                                    upstream = term(item[4])
+                                latency = round(item[5] * 1000)
+                                tail = (upstream, latency if latency > 0 else 0)
+                                columns = info[1]
+                            if wanted > last or last - wanted > SECOND_IDS:
+                                last = wanted
+                            else:
+                                last += 1
+                            add((last, client, device))
+                            add(columns)
+                            add(tail)
+                        slots.append(info[2])
+                    except (TypeError, ValueError, LookupError, AttributeError, ArithmeticError):
+                        rejected += 1
+                if not one_by_one:
+                    # Many rows per statement: one sqlite3_step (the GIL released) for each.
+                    full = len(params) // CHUNK_PARAMS * CHUNK_PARAMS
+                    for i in range(0, full, CHUNK_PARAMS):
+                        conn.execute(INSERT_CHUNK, params[i : i + CHUNK_PARAMS])
+                    del params[:full]
+            rows = zip(*[iter(params)] * COLUMNS, strict=True)
             if one_by_one:
                 for row in rows:
                     row_id = row[0]
                     while conn.execute("SELECT 1 FROM queries WHERE id = ?", (row_id,)).fetchone():
                         row_id += 1
-                    conn.execute(sql, (row_id, *row[1:]))
+                    conn.execute(INSERT_ROW, (row_id, *row[1:]))
             else:
-                conn.executemany(sql, rows)
-            # Count by the texts first: a batch has few distinct keys, so few id lookups.
-            by_text = Counter(
-                (int(e.time // 3600), e.profile, e.kind, categories[e.reason]) for e in counted
-            )
-            counts = Counter()
-            for (hour, profile, kind, category), n in by_text.items():
-                counts[(hour, term(profile) or 0, KIND_CODE.get(kind, 0), term(category) or 0)] += n
+                conn.executemany(INSERT_ROW, rows)
+            keys = self._slot_keys
+            counts = []
+            for hour, hour_slots in slots_by_hour.items():
+                counted += len(hour_slots)
+                counts += [(hour, *keys[slot], n) for slot, n in Counter(hour_slots).items()]
             conn.executemany(
                 "INSERT INTO rollups VALUES (?,?,?,?,?) ON CONFLICT (hour, profile, kind, category)"
                 " DO UPDATE SET queries = queries + excluded.queries",
-                [(*key, n) for key, n in counts.items()],
+                counts,
             )
+        self._last_id = last  # committed
+        return counted, rejected
 
     # -- hourly rollup of the top names ------------------------------------------------
 
@@ -371,7 +507,7 @@ class QueryLogStore:
                            SELECT (id >> ?) / ? AS hour, profile, kind,
                                   coalesce(category, 0) AS category, name, count(*) AS n
                            FROM queries
-                           WHERE id >= ? AND id < ? AND name IS NOT NULL
+                           WHERE id >= ? AND id < ? AND name > 0
                            GROUP BY 1, 2, 3, 4, 5
                        )
                    ) WHERE rank <= ?""",
@@ -618,7 +754,7 @@ class QueryLogStore:
                        SELECT name AS name_id, queries AS c FROM rollup_top
                        WHERE hour >= ? AND hour < ? AND kind = ?
                        UNION ALL
-                       SELECT name, 1 FROM queries WHERE id >= ? AND kind = ? AND name IS NOT NULL
+                       SELECT name, 1 FROM queries WHERE id >= ? AND kind = ? AND name > 0
                    ) GROUP BY name_id ORDER BY c DESC LIMIT ?
                ) t JOIN names n ON n.id = t.name_id
                ORDER BY t.c DESC, n.name""",
