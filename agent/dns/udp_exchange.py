@@ -25,6 +25,8 @@ SWEEP_SECONDS = 0.05  # how often timeouts are checked
 # Created non-blocking: one system call (fcntl/ioctl) less than setblocking(False).
 _UDP = _socket.SOCK_DGRAM | _socket.SOCK_NONBLOCK
 _COUNTS = struct.Struct("!HHHH")  # qdcount, ancount, nscount, arcount
+_POINTER_RR = struct.Struct("!HHHIH")  # a 2-byte name (pointer), type, class, ttl, rdlength
+_NO_TTL = 0x80000000  # above every TTL kept (larger ones count as 0)
 
 
 class Flight:
@@ -188,44 +190,47 @@ def check_udp_response(data: bytes, ident: bytes, question: bytes) -> ResponseIn
         return info if truncated and qdcount == 0 else None
     n = len(data)
     pos = qend
-    min_ttl = None
+    min_ttl = _NO_TTL
+    opt_offset = -1
     authority_end = ancount + nscount
+    keep_ttl = ttls.append
     try:
         for i in range(authority_end + arcount):
-            length = data[pos]
-            if length >= 0xC0:  # the usual case: the whole name is a pointer
-                if ((length & 0x3F) << 8 | data[pos + 1]) >= pos:
-                    return None
+            if data[pos] >= 0xC0:
+                # The usual case: the whole name is a pointer, read with the record's fields.
+                pointer, rtype, _, ttl, rdlen = _POINTER_RR.unpack_from(data, pos)
+                if pointer & 0x3FFF >= pos:
+                    return None  # compression pointers must point backwards
                 pos += 2
-            elif length:
-                pos = _skip_labels(data, pos, n)
-                if pos < 0:
-                    return None
             else:
-                pos += 1
-            rtype, _, ttl, rdlen = RR_FIXED.unpack_from(data, pos)
+                if data[pos]:
+                    pos = _skip_labels(data, pos, n)
+                    if pos < 0:
+                        return None
+                else:
+                    pos += 1  # the root name
+                rtype, _, ttl, rdlen = RR_FIXED.unpack_from(data, pos)
             end = pos + 10 + rdlen
             if end > n:
                 return None
             if rtype == 41:  # OPT: once, in the additional section
-                if i < authority_end or info.opt_offset >= 0:
+                if i < authority_end or opt_offset >= 0:
                     return None
-                info.opt_offset = pos + 2
+                opt_offset = pos + 2
             else:
                 if ttl > 0x7FFFFFFF:  # RFC 2181: treat as zero
                     ttl = 0
-                ttls.append((pos + 4, ttl))
-                if min_ttl is None or ttl < min_ttl:
+                keep_ttl((pos + 4, ttl))
+                if ttl < min_ttl:
                     min_ttl = ttl
-                if (
-                    rtype == 6 and i >= ancount and i < authority_end and rdlen >= 20
-                ):  # SOA in authority
+                if rtype == 6 and ancount <= i < authority_end and rdlen >= 20:  # SOA in authority
                     soa_min = U32.unpack_from(data, end - 4)[0]
                     info.negative_ttl = ttl if ttl < soa_min else soa_min
             pos = end
     except (IndexError, struct.error):  # cut short
         return None
-    info.min_ttl = min_ttl
+    info.opt_offset = opt_offset
+    info.min_ttl = None if min_ttl == _NO_TTL else min_ttl
     return info
 
 
