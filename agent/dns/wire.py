@@ -93,7 +93,6 @@ class Query:
         self.edns_version = -1
         self.udp_size = 512
         self.do = False
-        self.question_end = 12
         if flags & QR:
             # A response sent to us: answering it could start a loop between servers.
             raise Malformed(None, "a response, not a query")
@@ -102,15 +101,15 @@ class Query:
         if qdcount != 1:
             raise Malformed(FORMERR, f"{qdcount} questions")
         pos = 12
-        while True:
-            if pos >= n:
-                raise Malformed(FORMERR, "question name runs past the end")
+        try:  # the end of the packet found by IndexError: fewer steps per label than a test
             length = data[pos]
-            if length == 0:
-                break
-            if length > 63:
-                raise Malformed(FORMERR, "compressed or invalid label in the question")
-            pos += length + 1
+            while length:
+                if length > 63:
+                    raise Malformed(FORMERR, "compressed or invalid label in the question")
+                pos += length + 1
+                length = data[pos]
+        except IndexError:
+            raise Malformed(FORMERR, "question name runs past the end") from None
         pos += 1
         if pos - 12 > 255:
             raise Malformed(FORMERR, "question name longer than 255 bytes")
