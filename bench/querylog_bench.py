@@ -300,6 +300,7 @@ def sustained(workdir: Path, wire_entries: list[tuple], rate: int, seconds: floa
         "sleep_late_us": paced["sleep_late_us"],
         "writer_cpu_s": round(cpu1 - cpu0, 2),
         "writer_cpu_share": round((cpu1 - cpu0) / seconds, 3),
+        "writer_cpu_per_entry_us": round((cpu1 - cpu0) / max(1, sent) * 1e6, 2),
         "writer_wchar_per_1000": round((io1["wchar"] - io0["wchar"]) / sent * 1000),
         "writer_write_bytes_per_1000": round(
             (io1["write_bytes"] - io0["write_bytes"]) / sent * 1000

@@ -588,3 +588,126 @@ def test_names_deleted_by_another_connection_are_not_reused_from_the_cache(tmp_p
     finally:
         writer.close()
         admin.close()
+
+
+# -- the resolver's prebuilt entries and the writer's remembered answers -----------------
+
+
+def test_prebuilt_answers_shared_by_many_entries_are_logged_and_counted(open_log):
+    ql = open_log()
+    blocked = ("kid", b"\x03bet\x07example\x00", 1, AnswerKind.BLOCKED, "category=gambling")
+    cached = ("kid", b"\x04news\x07example\x00", 28, AnswerKind.CACHED, "cache")
+    for i in range(300):  # as the resolver's replay path appends them, sharing one tuple
+        ql.queue.append(
+            (NOW + i / 1000, f"192.168.1.{20 + i % 2}", "tablet", (blocked, cached)[i % 3 > 0])
+        )
+    ql.record(
+        "192.168.1.30",
+        b"\x04news\x07example\x00",
+        28,
+        AnswerKind.FORWARDED,
+        "upstream 1.1.1.1:53",
+        "kid",
+        "",
+        "1.1.1.1:53",
+        12.5,
+    )
+    ql.stop()
+    rows = raw_rows(ql.store)
+    assert len(rows) == 301 and ql.written == 301
+    assert rows[0] == (
+        "2026-09-21T14:13:20.000Z",
+        "192.168.1.20",
+        "tablet",
+        "kid",
+        "bet.example",
+        1,
+        "blocked",
+        "category=gambling",
+        "",
+        "0.000",
+    )
+    assert Counter(r[4] for r in rows) == {"bet.example": 100, "news.example": 201}
+    assert rows[-1][1:] == (
+        "192.168.1.30",
+        "",
+        "kid",
+        "news.example",
+        28,
+        "forwarded",
+        "upstream 1.1.1.1:53",
+        "1.1.1.1:53",
+        "12.500",
+    )
+    assert rollup_counts(ql.store) == {
+        ("2026-09-21T14:00:00.000Z", "kid", "blocked", "gambling"): 100,
+        ("2026-09-21T14:00:00.000Z", "kid", "cached", ""): 200,
+        ("2026-09-21T14:00:00.000Z", "kid", "forwarded", ""): 1,
+    }
+    # Absent texts are stored as 0, not NULL (binding None is slow): read back as "".
+    assert (
+        ql.store.conn.execute("SELECT count(*) FROM queries WHERE upstream IS NULL").fetchone()[0]
+        == 0
+    )
+
+
+def test_a_batch_across_an_hour_counts_each_hour(store):
+    end = (hour_of(NOW) + 1) * HOUR
+    rows = [entry(end - 2 + i, f"n{i}.example", "cached") for i in range(4)]
+    store.write(rows, rows)
+    assert sorted(rollup_counts(store).values()) == [2, 2]
+    assert len({key[0] for key in rollup_counts(store)}) == 2
+
+
+def test_bad_prebuilt_entries_are_rejected_and_the_rest_written(open_log):
+    ql = open_log()
+    good = ("kid", b"\x02ok\x07example\x00", 1, AnswerKind.CACHED, "")
+    for bad in [
+        (NOW, "192.168.1.20", "", ("kid", b"\x02ok\x00", 1)),  # a short answer
+        (NOW, None, "", good),  # no client
+        ("soon", "192.168.1.20", "", good),  # not a time
+        (float("inf"), "192.168.1.20", "", good),
+        (NOW, "192.168.1.20", "", ["kid", b"\x00", 1, "cached", ""]),  # unhashable
+        (NOW, "192.168.1.20", "", good, "1.1.1.1:53"),  # a shape of neither kind
+    ]:
+        ql.queue.append(bad)
+    ql.queue.append((NOW, "192.168.1.20", "", good))
+    ql.stop()
+    assert (ql.rejected, ql.written) == (6, 1)
+    assert [r[4] for r in raw_rows(ql.store)] == ["ok.example"]
+    assert sum(rollup_counts(ql.store).values()) == 1
+
+
+def test_a_stricter_level_applies_to_answers_the_writer_remembers(open_log):
+    ql = open_log(flush_seconds=0.05)
+    ql.start()
+    answer = ("kid", b"\x06diary1\x07example\x00", 1, AnswerKind.CACHED, "")
+    ql.queue.append((NOW, "192.168.1.20", "", answer))
+    wait_until(lambda: ql.written == 1, "the first write")
+    assert ql.set_privacy("counts_only", "kid")
+    ql.queue.append((NOW + 1, "192.168.1.20", "", answer))  # the same prebuilt answer again
+    wait_until(lambda: ql.written == 2, "the second write")
+    ql.stop()
+    assert raw_rows(ql.store) == []
+    assert sum(rollup_counts(ql.store).values()) == 2
+
+
+def test_a_new_file_has_small_pages_and_an_old_one_keeps_its_own(tmp_path):
+    store = QueryLogStore.open(tmp_path / "new.db")
+    try:
+        assert store.conn.execute("PRAGMA page_size").fetchone()[0] == 1024
+        assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        store.close()
+    old = sqlite3.connect(tmp_path / "old.db")  # a file made before 1 KiB pages
+    old.execute("PRAGMA page_size=4096")
+    old.execute("PRAGMA journal_mode=WAL")
+    old.close()
+    store = QueryLogStore.open(tmp_path / "old.db")
+    try:
+        assert store.conn.execute("PRAGMA page_size").fetchone()[0] == 4096
+        rows = [entry(NOW, "kept.example")]
+        store.write(rows, rows)
+        assert [r[4] for r in raw_rows(store)] == ["kept.example"]
+    finally:
+        store.close()

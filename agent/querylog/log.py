@@ -28,6 +28,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from itertools import repeat, starmap
 from pathlib import Path
 
 from ..storage.querylog import (
@@ -237,9 +238,10 @@ class QueryLog:
         """Write everything queued in one transaction; False (entries kept) when it failed."""
         started = self.clock()
         batch, queue = self._pending, self._queue
-        limit = self.queue_entries
-        while queue and len(batch) < limit:
-            batch.append(queue.popleft())
+        # popleft() called from C, not a Python loop: the DNS thread appends meanwhile, safely.
+        batch += starmap(
+            queue.popleft, repeat((), min(len(queue), self.queue_entries - len(batch)))
+        )
         if not batch:
             self._after_flush(started)
             return True

@@ -60,13 +60,20 @@ HOUR_MS = 3_600_000
 HOUR_IDS = HOUR_MS << SEQ_BITS
 SECOND_IDS = 1000 << SEQ_BITS
 MAX_HOUR = (1 << 62) // HOUR_IDS  # ids stay below 2**62, well inside SQLite's integers
-COLUMNS = 11  # of queries
-INSERT_ROW = f"INSERT INTO queries VALUES ({','.join('?' * COLUMNS)})"
-CHUNK_ROWS = 64  # rows per INSERT statement (the rest of a batch: one row per statement)
-CHUNK_PARAMS = CHUNK_ROWS * COLUMNS
-INSERT_CHUNK = "INSERT INTO queries VALUES " + ",".join(
-    [f"({','.join('?' * COLUMNS)})"] * CHUNK_ROWS
+# A row is bound as 6 values (binding costs the writer about 50 ns a value): the id, client,
+# device, the key of its answer in the connection's TEMP table answer_columns (whose row holds
+# the answer's 6 columns of queries: the join happens in SQLite, without the GIL), upstream
+# and latency.
+BOUND = 6
+_SELECT_ROWS = (
+    "INSERT INTO queries SELECT v.column1, v.column2, v.column3, a.profile, a.name, a.qtype,"
+    " a.kind, a.category, a.reason, v.column5, v.column6 FROM (VALUES {}) AS v"
+    " CROSS JOIN temp.answer_columns AS a ON a.id = v.column4"
 )
+INSERT_ROW = _SELECT_ROWS.format("(?,?,?,?,?,?)")
+CHUNK_ROWS = 64  # rows per INSERT statement (the rest of a batch: one row per statement)
+CHUNK_PARAMS = CHUNK_ROWS * BOUND
+INSERT_CHUNK = _SELECT_ROWS.format(",".join(["(?,?,?,?,?,?)"] * CHUNK_ROWS))
 GLOBAL = "*"  # the privacy table's key for the global level
 
 # Answer kinds as stored (small integers). The values of agent.model.AnswerKind plus
@@ -132,6 +139,13 @@ def _id_bound(seconds: float) -> int:
 
 def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _check(cursor: sqlite3.Cursor, rows: int) -> None:
+    """Every row bound was inserted: a row whose answer key is missing from the TEMP table
+    would vanish in the join. Raised as IntegrityError, the write is retried with fresh ids."""
+    if cursor.rowcount != rows:
+        raise sqlite3.IntegrityError(f"query log: {rows - cursor.rowcount} rows lost their answer")
 
 
 # -- schema ------------------------------------------------------------------------------
@@ -235,8 +249,10 @@ class QueryLogStore:
         self.database = database
         self._term_ids: dict[str, int] = {"": 0}
         self._name_ids: dict[str, int] = {}
-        # answer tuple -> (keep, its row columns, its rollup slot); see write_items().
+        # answer tuple -> (keep, its key in temp.answer_columns, its rollup slot).
         self._answers: dict[tuple, tuple] = {}
+        self._answer_conn: sqlite3.Connection | None = None  # whose temp table they are in
+        self._next_key = 1
         self._answers_epoch: object = None
         self._slots: dict[tuple[int, int, int], int] = {}  # (profile, kind, category) -> slot
         self._slot_keys: list[tuple[int, int, int]] = []
@@ -262,6 +278,8 @@ class QueryLogStore:
         self._term_ids[""] = 0
         self._name_ids.clear()
         self._answers.clear()
+        self._next_key = 1  # keys are reused: INSERT OR REPLACE in answer_columns
+        self._answer_conn = None  # a rollback may have taken back the TEMP table itself
         self._slots.clear()
         self._slot_keys.clear()
 
@@ -283,6 +301,8 @@ class QueryLogStore:
 
     def _term(self, text: str) -> int:
         """The id of a short text; 0 for ''."""
+        if text.__class__ is not str:
+            raise TypeError(f"expected text, got {type(text).__name__}")
         return self._id("terms", "text", self._term_ids, text) if text else 0
 
     def _name(self, name: str) -> int:
@@ -293,32 +313,35 @@ class QueryLogStore:
         return row[0] if row else None
 
     def _answer(self, answer: tuple, keep_of: KeepOf) -> tuple:
-        """(keep, columns, slot) of an answer, its strings stored; remembered per answer."""
+        """(keep, key, slot) of an answer, its strings stored; remembered per answer."""
         profile, name, qtype, kind, reason = answer
         keep = keep_of(profile, kind)
         if keep is None:
-            info: tuple = (None, (), 0, ())
+            info: tuple = (None, 0, 0)
         else:
             qtype = int(qtype)
             if reason.__class__ is not str:
                 raise TypeError("reason: expected text")
             kind_code = KIND_CODE.get(kind, 0)
             profile_id, category_id = self._term(profile), self._term(category_of(reason))
-            columns = ()
+            key = 0
             if keep:  # names and reasons are stored only for logged answers
                 if name.__class__ is bytes:
                     name = name_to_text(name)
                 name_id = self._name(name) if name else 0
                 reason_id = self._term(reason)
-                columns = (profile_id, name_id, qtype, kind_code, category_id, reason_id)
-            key = (profile_id, kind_code, category_id)
-            slot = self._slots.get(key)
+                key = self._next_key
+                self._next_key += 1
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO temp.answer_columns VALUES (?,?,?,?,?,?,?)",
+                    (key, profile_id, name_id, qtype, kind_code, category_id, reason_id),
+                )
+            counted_as = (profile_id, kind_code, category_id)
+            slot = self._slots.get(counted_as)
             if slot is None:
-                slot = self._slots[key] = len(self._slot_keys)
-                self._slot_keys.append(key)
-            info = (keep, columns, slot, (*columns, 0, 0))
-        if len(self._answers) >= ANSWERS:
-            self._answers.clear()
+                slot = self._slots[counted_as] = len(self._slot_keys)
+                self._slot_keys.append(counted_as)
+            info = (keep, key, slot)
         self._answers[answer] = info
         return info
 
@@ -386,8 +409,18 @@ class QueryLogStore:
             if version != self._data_version:
                 self._forget_ids()  # another connection may have deleted names or terms
                 self._data_version = version
-            if epoch != self._answers_epoch:
+            if conn is not self._answer_conn:  # a new connection: a new TEMP table
+                conn.execute(
+                    "CREATE TEMP TABLE IF NOT EXISTS answer_columns (id INTEGER PRIMARY KEY,"
+                    " profile, name, qtype, kind, category, reason)"
+                )
                 self._answers.clear()
+                self._next_key = 1
+                self._answer_conn = conn
+            if epoch != self._answers_epoch or self._next_key > ANSWERS:
+                # Only here, between writes: keys bound in a write must keep their columns.
+                self._answers.clear()
+                self._next_key = 1
                 self._answers_epoch = epoch
             answers_get, answer = self._answers.get, self._answer
             term_get, term = self._term_ids.get, self._term
@@ -396,7 +429,7 @@ class QueryLogStore:
             slots: list[int] = []
             hour_from = hour_to = 0  # the ids of the current hour of `slots`
             counted = rejected = 0
-            params: list[int] = []  # the rows not inserted yet, flat: COLUMNS values each
+            params: list[int] = []  # the rows not inserted yet, flat: BOUND values each
             add = params.extend
             for start in range(0, len(items), SLICE):
                 time.sleep(0)  # the DNS thread may want the GIL: give it a turn
@@ -423,23 +456,18 @@ class QueryLogStore:
                             device = term_get(item[2])
                             if device is None:
                                 device = term(item[2])
+                            if wanted > last or last - wanted > SECOND_IDS:
+                                last = wanted
+                            else:
+                                last += 1
                             if len(item) == 4:  # the resolver's replayed answers
-                                tail = ()
-                                columns = info[3]  # ends with upstream 0, latency 0
+                                add((last, client, device, info[1], 0, 0))
                             else:
                                 upstream = term_get(item[4])
                                 if upstream is None:
                                     upstream = term(item[4])
                                 latency = round(item[5] * 1000)
-                                tail = (upstream, latency if latency > 0 else 0)
-                                columns = info[1]
-                            if wanted > last or last - wanted > SECOND_IDS:
-                                last = wanted
-                            else:
-                                last += 1
-                            add((last, client, device))
-                            add(columns)
-                            add(tail)
+                                add((last, client, device, info[1], upstream, max(latency, 0)))
                         slots.append(info[2])
                     except (TypeError, ValueError, LookupError, AttributeError, ArithmeticError):
                         rejected += 1
@@ -447,17 +475,17 @@ class QueryLogStore:
                     # Many rows per statement: one sqlite3_step (the GIL released) for each.
                     full = len(params) // CHUNK_PARAMS * CHUNK_PARAMS
                     for i in range(0, full, CHUNK_PARAMS):
-                        conn.execute(INSERT_CHUNK, params[i : i + CHUNK_PARAMS])
+                        _check(conn.execute(INSERT_CHUNK, params[i : i + CHUNK_PARAMS]), CHUNK_ROWS)
                     del params[:full]
-            rows = zip(*[iter(params)] * COLUMNS, strict=True)
+            rows = list(zip(*[iter(params)] * BOUND, strict=True))
             if one_by_one:
                 for row in rows:
                     row_id = row[0]
                     while conn.execute("SELECT 1 FROM queries WHERE id = ?", (row_id,)).fetchone():
                         row_id += 1
-                    conn.execute(INSERT_ROW, (row_id, *row[1:]))
-            else:
-                conn.executemany(INSERT_ROW, rows)
+                    _check(conn.execute(INSERT_ROW, (row_id, *row[1:])), 1)
+            elif rows:
+                _check(conn.executemany(INSERT_ROW, rows), len(rows))
             keys = self._slot_keys
             counts = []
             for hour, hour_slots in slots_by_hour.items():
