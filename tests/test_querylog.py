@@ -668,7 +668,7 @@ def test_bad_prebuilt_entries_are_rejected_and_the_rest_written(open_log):
         ("soon", "192.168.1.20", "", good),  # not a time
         (float("inf"), "192.168.1.20", "", good),
         (NOW, "192.168.1.20", "", ["kid", b"\x00", 1, "cached", ""]),  # unhashable
-        (NOW, "192.168.1.20", "", good, "1.1.1.1:53"),  # a shape of neither kind
+        (NOW, "192.168.1.20", "", *good, "1.1.1.1:53"),  # record()'s shape, one short
     ]:
         ql.queue.append(bad)
     ql.queue.append((NOW, "192.168.1.20", "", good))

@@ -2,8 +2,8 @@
 
 `record()` runs on the DNS event loop, so it must never wait: it appends a tuple to a
 deque (an atomic operation under the GIL, no lock) or, when the queue is full, counts a drop.
-Its entry has the shape of the resolver's prebuilt ones (see `queue`): the writer looks up the
-ids of each distinct answer once (QueryLogStore.write_items), so its cost per entry is small.
+The writer looks up the ids of each distinct answer (profile, name, type, kind, reason) once
+(QueryLogStore.write_items), so its cost per entry is small.
 The writer thread wakes every POLL seconds and writes when `flush_entries` are waiting or
 `flush_seconds` have passed, one transaction per batch (WAL; a crash loses at most the
 entries still queued). Between batches it computes the top names of each finished hour and
@@ -156,14 +156,7 @@ class QueryLog:
             self.dropped += 1
             return
         queue.append(
-            (
-                self.clock(),
-                client,
-                device,
-                (profile, name, qtype, kind, reason),
-                upstream,
-                latency_ms,
-            )
+            (self.clock(), client, device, profile, name, qtype, kind, reason, upstream, latency_ms)
         )
 
     @property
@@ -171,8 +164,9 @@ class QueryLog:
         """The entries waiting. The resolver's inlined fast path appends to it directly, after
         checking `queue_entries` itself (counting `dropped`), entries of the shape
         ``(time, client, device, (profile, name, qtype, kind, reason))``, the inner tuple
-        prebuilt once per remembered answer (agent/dns/replay.py). record() queues
-        ``(time, client, device, (profile, ...), upstream, latency_ms)``."""
+        prebuilt once per remembered answer (agent/dns/replay.py). record() queues the flat
+        ``(time, client, device, profile, name, qtype, kind, reason, upstream, latency_ms)``:
+        the writer slices the answer out of it, off the DNS thread."""
         return self._queue
 
     @property

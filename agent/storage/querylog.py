@@ -114,9 +114,10 @@ class Entry(NamedTuple):
     latency_ms: float
 
 
-# What the writer takes (QueryLog's queue): ``(time, client, device, answer)`` or
-# ``(time, client, device, answer, upstream, latency_ms)``, where answer is the tuple
-# ``(profile, name, qtype, kind, reason)``. Entries that share an answer share its ids.
+# What the writer takes (QueryLog's queue): the resolver's ``(time, client, device, answer)``,
+# where answer is the prebuilt tuple ``(profile, name, qtype, kind, reason)``, or record()'s
+# flat ``(time, client, device, profile, name, qtype, kind, reason, upstream, latency_ms)``
+# (an Entry), whose answer is item[3:8]. Entries with equal answers share the answer's ids.
 # keep_of(profile, kind): True to log, False to count only, None for neither.
 KeepOf = Callable[[str, str], bool | None]
 
@@ -356,17 +357,7 @@ class QueryLogStore:
         kept = {(e.profile, e.kind) for e in raw}
         self._legacy_epoch -= 1  # a fresh keep_of: the remembered answers do not apply
         self.write_items(
-            [
-                (
-                    e.time,
-                    e.client,
-                    e.device,
-                    (e.profile, e.name, e.qtype, e.kind, e.reason),
-                    e.upstream,
-                    e.latency_ms,
-                )
-                for e in counted
-            ],
+            counted,  # an Entry has the flat shape of record()'s entries
             lambda profile, kind: (profile, kind) in kept,
             self._legacy_epoch,
         )
@@ -435,7 +426,8 @@ class QueryLogStore:
                 time.sleep(0)  # the DNS thread may want the GIL: give it a turn
                 for item in items[start : start + SLICE]:
                     try:
-                        logged = item[3]
+                        compact = len(item) == 4  # the resolver's replayed answers
+                        logged = item[3] if compact else item[3:8]
                         info = answers_get(logged)
                         if info is None:
                             info = answer(logged, keep_of)
@@ -460,13 +452,13 @@ class QueryLogStore:
                                 last = wanted
                             else:
                                 last += 1
-                            if len(item) == 4:  # the resolver's replayed answers
+                            if compact:
                                 add((last, client, device, info[1], 0, 0))
                             else:
-                                upstream = term_get(item[4])
+                                upstream = term_get(item[8])
                                 if upstream is None:
-                                    upstream = term(item[4])
-                                latency = round(item[5] * 1000)
+                                    upstream = term(item[8])
+                                latency = round(item[9] * 1000)
                                 add((last, client, device, info[1], upstream, max(latency, 0)))
                         slots.append(info[2])
                     except (TypeError, ValueError, LookupError, AttributeError, ArithmeticError):
