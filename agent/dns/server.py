@@ -147,6 +147,8 @@ class DnsServer:
         self._udp_socks: list[socket.socket] = []
         self._tcp_servers: list[asyncio.base_events.Server] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._later = False  # delivering an answer that came later (from a Pending)
+        self._replies: list[tuple] = []  # (socket, bytes, address): UDP answers to send together
 
     # -- counts and the query log -------------------------------------------
 
@@ -366,7 +368,11 @@ class DnsServer:
     def _finish(self, query: Query, answer, send, arrived: float = 0.0) -> None:
         if not isinstance(answer, Answer):
             answer = self._servfail(query, answer)
-        self._deliver(query.data, query.client, query.transport, answer, send, query, arrived)
+        self._later = True  # UDP answers are queued and sent together (see _send_udp)
+        try:
+            self._deliver(query.data, query.client, query.transport, answer, send, query, arrived)
+        finally:
+            self._later = False
 
     def _servfail(self, query: Query, exc: BaseException) -> Answer:
         self.errors += 1
@@ -477,10 +483,26 @@ class DnsServer:
         wire = answer.wire
         if query is not None and len(wire) > query.udp_size:
             wire = truncated_reply(query)
+        if self._later:
+            # An answer that came later (from an upstream): the answers of one batch of
+            # upstream responses go out back to back, so the client is woken once for them
+            # rather than once per answer (a wake-up costs the sender system time).
+            if not self._replies:
+                self._loop.call_soon(self._send_replies)
+            self._replies.append((sock, wire, address))
+            return
         try:
             sock.sendto(wire, address)
         except OSError:
             self.send_failures += 1
+
+    def _send_replies(self) -> None:
+        replies, self._replies = self._replies, []
+        for sock, wire, address in replies:
+            try:
+                sock.sendto(wire, address)
+            except OSError:  # also a socket closed meanwhile (the server stopping)
+                self.send_failures += 1
 
     # -- TCP (RFC 7766) -------------------------------------------------------
 
