@@ -5,6 +5,12 @@
 Everything runs on 127.0.0.1 on ports chosen at run time, in a temp dir; every process
 the harness starts is killed at the end (also on Ctrl-C or SIGTERM). See
 docs/performance.md for the method and the results.
+
+SafeNest runs with a household's policy in force (bench/household.py; ``--no-policy`` for the
+out-of-the-box default, or the extra server ``safenest-nopolicy`` to compare in one run) and
+``--admin off``. The ``logging`` scenario starts its own SafeNests with the query log ``full``
+and ``off`` (admin server on a loopback port, for /metrics) and sends each the same household
+mix at ``--logging-qps`` for ``--logging-seconds``.
 """
 
 from __future__ import annotations
@@ -355,7 +361,7 @@ class Bench:
             "dnsperf": shlex.join(res.argv),
         }
         log(
-            f"  {scenario:8} {rep}/{self.args.repeat} {server.name:9} "
+            f"  {scenario:8} {rep}/{rounds(self.args, scenario)} {server.name:9} "
             f"{res.qps:>10,.0f} QPS  {row['cpu_us_per_query']:6.2f} us/q  "
             f"p99 {fmt(res.p99_ms, '.3f')} ms  lost {res.lost}  "
             f"rcvbuf +{row['rcvbuf_errors']} (server {row['server_socket_drops']})  "
@@ -559,6 +565,10 @@ def _version_line(argv: list[str], prefix: str, label: str) -> str:
         if line.startswith(prefix):
             return label + line.split()[-1]
     return "unknown"
+
+
+def rounds(args: argparse.Namespace, scenario: str) -> int:
+    return args.logging_repeat if scenario == "logging" else args.repeat
 
 
 def parse_metrics(text: str) -> dict[str, float]:
@@ -821,7 +831,7 @@ def main(argv: list[str] | None = None) -> int:
     for scen in SCENARIOS:
         if scen in summaries:
             print()
-            print("\n".join(table(scen, summaries[scen], args.repeat)))
+            print("\n".join(table(scen, summaries[scen], rounds(args, scen))))
     verdicts = targets(summaries)
     if verdicts:
         print()
