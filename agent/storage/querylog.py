@@ -254,6 +254,8 @@ class QueryLogStore:
         self._answers: dict[tuple, tuple] = {}
         self._answer_conn: sqlite3.Connection | None = None  # whose temp table they are in
         self._next_key = 1
+        self._new_answers: list[tuple] = []  # rows for answer_columns, not inserted yet
+        self._wire_ids: dict[bytes, int] = {}  # wire-format name -> id in names
         self._answers_epoch: object = None
         self._slots: dict[tuple[int, int, int], int] = {}  # (profile, kind, category) -> slot
         self._slot_keys: list[tuple[int, int, int]] = []
@@ -278,6 +280,8 @@ class QueryLogStore:
         self._term_ids.clear()
         self._term_ids[""] = 0
         self._name_ids.clear()
+        self._wire_ids.clear()
+        self._new_answers.clear()
         self._answers.clear()
         self._next_key = 1  # keys are reused: INSERT OR REPLACE in answer_columns
         self._answer_conn = None  # a rollback may have taken back the TEMP table itself
@@ -313,6 +317,12 @@ class QueryLogStore:
         row = self.conn.execute("SELECT id FROM terms WHERE text = ?", (text,)).fetchone()
         return row[0] if row else None
 
+    def _insert_new_answers(self, conn: sqlite3.Connection) -> None:
+        conn.executemany(
+            "INSERT OR REPLACE INTO temp.answer_columns VALUES (?,?,?,?,?,?,?)", self._new_answers
+        )
+        self._new_answers.clear()
+
     def _answer(self, answer: tuple, keep_of: KeepOf) -> tuple:
         """(keep, key, slot) of an answer, its strings stored; remembered per answer."""
         profile, name, qtype, kind, reason = answer
@@ -327,15 +337,20 @@ class QueryLogStore:
             profile_id, category_id = self._term(profile), self._term(category_of(reason))
             key = 0
             if keep:  # names and reasons are stored only for logged answers
-                if name.__class__ is bytes:
-                    name = name_to_text(name)
-                name_id = self._name(name) if name else 0
+                if name.__class__ is bytes:  # from the packet: many answers share a name
+                    name_id = self._wire_ids.get(name)
+                    if name_id is None:
+                        if len(self._wire_ids) >= 100_000:  # bound the memory of a long run
+                            self._wire_ids.clear()
+                        name_id = self._wire_ids[name] = self._name(name_to_text(name))
+                else:
+                    name_id = self._name(name) if name else 0
                 reason_id = self._term(reason)
                 key = self._next_key
                 self._next_key += 1
-                self.conn.execute(
-                    "INSERT OR REPLACE INTO temp.answer_columns VALUES (?,?,?,?,?,?,?)",
-                    (key, profile_id, name_id, qtype, kind_code, category_id, reason_id),
+                # Inserted before the rows that use it (see _write_items).
+                self._new_answers.append(
+                    (key, profile_id, name_id, qtype, kind_code, category_id, reason_id)
                 )
             counted_as = (profile_id, kind_code, category_id)
             slot = self._slots.get(counted_as)
@@ -463,6 +478,8 @@ class QueryLogStore:
                         slots.append(info[2])
                     except (TypeError, ValueError, LookupError, AttributeError, ArithmeticError):
                         rejected += 1
+                if self._new_answers:
+                    self._insert_new_answers(conn)
                 if not one_by_one:
                     # Many rows per statement: one sqlite3_step (the GIL released) for each.
                     full = len(params) // CHUNK_PARAMS * CHUNK_PARAMS
