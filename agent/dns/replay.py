@@ -18,6 +18,10 @@ building anything per query: its counter key (the kind, or ``(BLOCKED, reason)``
 are counted by reason at no extra cost) and its query log entry, prebuilt once as
 ``(profile id, lower-cased wire name, type, kind, reason)``; None when that profile's
 privacy level is ``off`` (or there is no query log), so a replay then logs nothing.
+
+A remembered cache answer is reused while its bytes stay the same: until the next second of
+age (its TTLs tick), or for a capped profile until its lowest TTL drops below the cap
+(`capped_until`); then `refresh` serves it again from its cache entry.
 """
 
 from __future__ import annotations
@@ -36,6 +40,22 @@ MAX_CLIENTS = 65_536  # client addresses mapped to a memo; a flood of sources mu
 def count_key(kind: AnswerKind, reason: str):
     """The server's counter for an answer: its kind, or (BLOCKED, reason) for a block."""
     return (kind, reason) if kind is AnswerKind.BLOCKED else kind
+
+
+def capped_until(entry, cap: int, now: float) -> float:
+    """Until when `entry` served with TTLs capped at `cap` gives the same bytes as at `now`.
+
+    While every TTL of the entry, counted down, is still at or above the cap, each is served
+    as the cap: the copy does not change each second (as an uncapped one does) but only when
+    the lowest TTL drops below the cap, or the entry expires. Every child's answers are capped
+    (300 s by default against TTLs of hours), so a child's remembered answer is refreshed
+    once rather than once a second per name. Call it after serving the entry at `now`."""
+    lowest = min([ttl for _, ttl in entry.ttls], default=0)
+    # Served at age int(t - stored); all capped while that age <= lowest - cap.
+    last = entry.stored + (lowest - cap + 1)
+    if now >= last:
+        return entry.same_until()  # some TTL already ticks below the cap
+    return last if last < entry.expires else entry.expires
 
 
 class ReplayMemo:
@@ -122,7 +142,8 @@ class ReplayMemo:
             return None
         cap = hit[6]
         wire = entry.serve_packet(data, hit[5], data[2] << 8 | data[3], now, cap=cap)
-        fresh = (min(entry.same_until(), self.until), wire[2:], *hit[2:4], entry, *hit[5:])
+        until = entry.same_until() if cap is None else capped_until(entry, cap, now)
+        fresh = (min(until, self.until), wire[2:], *hit[2:4], entry, *hit[5:])
         memo[key] = fresh
         return fresh
 
