@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -181,30 +182,37 @@ def _direct_sources(source_dir: Path, default) -> list[Source]:
 def compile_lists(blocklists_dir: str, data_dir: str | Path) -> CompiledLists:
     """Compile every list in force into the on-disk index (in a child process) and open it.
 
-    Builds the default feed first when the lists folder changed (never fails because of it).
+    Builds the default feed first when the lists folder changed (in a child process too, so
+    that the serving process never holds a list's worth of names; never fails because of it).
     The file is replaced atomically, so a failed build leaves the last good one.
     """
-    from .feed.default import ensure_default_feed
+    from .feed.default import ensure_default_feed_in_child
     from .feed.extra import sources_in_force
 
     source_dir = lists_dir(blocklists_dir)
     if not sources_in(source_dir) and not any(source_dir.glob("*/*.txt")):
         # Compiling nothing would replace the last good lists with none: refuse instead.
         raise FileNotFoundError(f"no <category>.txt lists in {source_dir}")
-    default = ensure_default_feed(source_dir, data_dir)
+    started = time.monotonic()
+    default = ensure_default_feed_in_child(source_dir, data_dir)
+    if default.built:
+        log.info("default feed: new version built in %.2f s", time.monotonic() - started)
     from_feeds = feed_sources(data_dir)
     direct = _direct_sources(source_dir, default)
     from_urls = sources_in_force(data_dir)
     target = index_path(data_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
-    report = build_in_subprocess(direct + from_feeds + from_urls, target)
+    every = direct + from_feeds + from_urls
+    report = build_in_subprocess(every, target)
     log.info(
-        "compiled %d names from %d lists of feeds, %d by URL and %d in %s in %.2f s",
+        "compiled %d names from %d lists in %s (%d of feeds, %d by URL, %d files of the folder) "
+        "in %.2f s",
         report.domains,
+        len(every),
+        source_dir,
         len(from_feeds),
         len(from_urls),
         len(direct),
-        source_dir,
         report.seconds,
     )
     for label, skipped in sorted(report.skipped_lines.items()):

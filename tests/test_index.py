@@ -193,8 +193,16 @@ def test_read_domains_without_stats_and_empty_file(tmp_path):
 
 
 def test_sources_in_naming_rule(tmp_path):
-    for name in ["gambling.txt", "gambling.allow.txt", "adult.txt", "README.md", "Bad-Name.txt",
-                 "x.y.txt", "kids_2.allow.txt", "notes.txt.bak"]:
+    for name in [
+        "gambling.txt",
+        "gambling.allow.txt",
+        "adult.txt",
+        "README.md",
+        "Bad-Name.txt",
+        "x.y.txt",
+        "kids_2.allow.txt",
+        "notes.txt.bak",
+    ]:
         (tmp_path / name).write_text("")
     (tmp_path / "dir.txt").mkdir()
     got = [(s.category, s.kind, s.path.name, s.label) for s in sources_in(tmp_path)]
@@ -230,7 +238,9 @@ def test_a_category_label_may_carry_an_age_band(band, tmp_path):
         assert index.categories == {f"online_games@{band}"}
 
 
-@pytest.mark.parametrize("label", ["online_games@13+", "online_games@", "@18+", "a@18+@18+", "Games@18+"])
+@pytest.mark.parametrize(
+    "label", ["online_games@13+", "online_games@", "@18+", "a@18+@18+", "Games@18+"]
+)
 def test_bad_category_labels_are_refused(label):
     with pytest.raises(ValueError, match="bad category id"):
         Source(label, "block", Path("x"))
@@ -369,11 +379,14 @@ def test_bare_tld_only_if_literally_listed(tmp_path, opened, monkeypatch):
 
 
 def test_most_specific_block_wins_without_allow_lists(tmp_path, opened):
-    srcs = write_lists(tmp_path / "l", {
-        "adult.txt": ["example.com"],
-        "gambling.txt": ["sub.example.com"],
-        "malware.txt": ["x.sub.example.com"],
-    })
+    srcs = write_lists(
+        tmp_path / "l",
+        {
+            "adult.txt": ["example.com"],
+            "gambling.txt": ["sub.example.com"],
+            "malware.txt": ["x.sub.example.com"],
+        },
+    )
     build_index(srcs, tmp_path / "i.bin")
     ix = opened(tmp_path / "i.bin")
     assert listed_set(ix, "a.x.sub.example.com") == ("x.sub.example.com", "block", (M,))
@@ -615,8 +628,10 @@ def _patched_header(data: bytes, **fields) -> bytes:
         (lambda b: _patched_header(b, flags=0x80), "flags"),
         (lambda b: _patched_header(b, slots=12), "table size"),
         (lambda b: _patched_header(b, domains=1 << 20), "table size"),
-        (lambda b: b[:HEADER_SIZE + 8] + bytes([b[HEADER_SIZE + 8] ^ 1]) + b[HEADER_SIZE + 9 :],
-         "checksum"),
+        (
+            lambda b: b[: HEADER_SIZE + 8] + bytes([b[HEADER_SIZE + 8] ^ 1]) + b[HEADER_SIZE + 9 :],
+            "checksum",
+        ),
     ],
 )
 def test_bad_files_raise_index_format_error(tmp_path, good_index_bytes, mutate, message):
@@ -628,7 +643,9 @@ def test_bad_files_raise_index_format_error(tmp_path, good_index_bytes, mutate, 
 
 def test_good_bytes_open(tmp_path, good_index_bytes, opened):
     (tmp_path / "copy.bin").write_bytes(good_index_bytes)
-    assert opened(tmp_path / "copy.bin").lookup_text("www.casino.example").listed == "casino.example"
+    assert (
+        opened(tmp_path / "copy.bin").lookup_text("www.casino.example").listed == "casino.example"
+    )
     with pytest.raises(FileNotFoundError):
         DomainIndex.open(tmp_path / "missing.bin")
 
@@ -637,13 +654,23 @@ def test_good_bytes_open(tmp_path, good_index_bytes, opened):
 
 
 def test_build_in_subprocess(tmp_path, opened):
-    srcs = write_lists(tmp_path / "l", {
-        "gambling.txt": ["bet.example", "0.0.0.0 casino.example", "not a domain", "||poker.example^"],
-        "adult.txt": ["x.example", "bet.example"],
-    })
+    srcs = write_lists(
+        tmp_path / "l",
+        {
+            "gambling.txt": [
+                "bet.example",
+                "0.0.0.0 casino.example",
+                "not a domain",
+                "||poker.example^",
+            ],
+            "adult.txt": ["x.example", "bet.example"],
+        },
+    )
     # A label with colons and odd characters survives the trip to the child.
-    srcs = [Source(s.category, s.kind, s.path, "https://lists.example/" + s.path.name + "?a=1")
-            for s in srcs]
+    srcs = [
+        Source(s.category, s.kind, s.path, "https://lists.example/" + s.path.name + "?a=1")
+        for s in srcs
+    ]
     report = build_in_subprocess(srcs, tmp_path / "out" / "index.bin", timeout=60)
     assert isinstance(report, BuildReport)
     assert report.domains == 4
@@ -686,14 +713,29 @@ def test_build_in_subprocess_timeout(tmp_path):
 
 
 def test_build_cli_source_syntax(tmp_path, opened):
-    srcs = write_lists(tmp_path / "l", {"gambling.txt": ["bet.example"], "adult.txt": ["x.example"]})
+    srcs = write_lists(
+        tmp_path / "l", {"gambling.txt": ["bet.example"], "adult.txt": ["x.example"]}
+    )
     by = {s.category: s for s in srcs}
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.run(
-        [sys.executable, "-m", "agent.index.build", "--out", str(tmp_path / "i.bin"),
-         "--source", f"gambling:block:{by['gambling'].path}:my:label",
-         "--source", f"adult:block:{by['adult'].path}"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60, check=False,
+        [
+            sys.executable,
+            "-m",
+            "agent.index.build",
+            "--out",
+            str(tmp_path / "i.bin"),
+            "--source",
+            f"gambling:block:{by['gambling'].path}:my:label",
+            "--source",
+            f"adult:block:{by['adult'].path}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""  # e.g. no runpy warning about importing the module twice
@@ -702,9 +744,21 @@ def test_build_cli_source_syntax(tmp_path, opened):
     assert report["per_source"] == {"my:label": 1, "adult.txt": 1}
     assert opened(tmp_path / "i.bin").lookup_text("a.bet.example").sources == ("my:label",)
     bad = subprocess.run(
-        [sys.executable, "-m", "agent.index.build", "--out", str(tmp_path / "j.bin"),
-         "--source", "Bad:block:x"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60, check=False,
+        [
+            sys.executable,
+            "-m",
+            "agent.index.build",
+            "--out",
+            str(tmp_path / "j.bin"),
+            "--source",
+            "Bad:block:x",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
     )
     assert bad.returncode != 0 and "category" in bad.stderr
     assert not (tmp_path / "j.bin").exists()
@@ -723,7 +777,10 @@ needs_shared = pytest.mark.skipif(
     "fmt_a, fmt_b",
     [
         ("hostsVN/gambling-hosts-VN", "hostsVN/gambling-domain-VN.txt"),  # hosts vs plain
-        ("blocklistproject/drugs-hosts.txt", "blocklistproject/drugs-adblock.txt"),  # hosts vs adblock
+        (
+            "blocklistproject/drugs-hosts.txt",
+            "blocklistproject/drugs-adblock.txt",
+        ),  # hosts vs adblock
         ("hostsVN/adult-filter-VN.txt", "hostsVN/adult-domain-VN.txt"),  # adblock vs plain
     ],
 )
@@ -760,12 +817,18 @@ def test_real_lists_bad_lines_counted_and_built(tmp_path, opened):
     assert len(domains) - len(set(domains)) == 1  # www.188Betcn2.com and www.188betcn2.com
     srcs = [
         Source("gambling", "block", path, "hostsVN/gambling-domain.txt"),
-        Source("phishing_scam", "block", SHARED_LISTS / "blocklistproject" / "phishing-nl.txt",
-               "blocklistproject/phishing-nl.txt"),
+        Source(
+            "phishing_scam",
+            "block",
+            SHARED_LISTS / "blocklistproject" / "phishing-nl.txt",
+            "blocklistproject/phishing-nl.txt",
+        ),
     ]
     report = build_index(srcs, tmp_path / "i.bin")
-    assert report.skipped_lines == {"hostsVN/gambling-domain.txt": 1,
-                                    "blocklistproject/phishing-nl.txt": 0}
+    assert report.skipped_lines == {
+        "hostsVN/gambling-domain.txt": 1,
+        "blocklistproject/phishing-nl.txt": 0,
+    }
     assert report.per_source["hostsVN/gambling-domain.txt"] == len(set(domains))
     ix = opened(tmp_path / "i.bin")
     assert len(ix) == report.domains > 200_000
@@ -776,16 +839,32 @@ def test_real_lists_bad_lines_counted_and_built(tmp_path, opened):
 def test_a_domain_on_both_kinds_of_list_keeps_its_block_lists(tmp_path, opened):
     # lookup() lets the allow list win; matches() also gives the block lists, for profiles
     # the allow list does not apply to (sex_education is allowed from 12, adult is blocked).
-    srcs = write_lists(tmp_path / "l", {
-        "adult.txt": ["sexed.example", "porn.example"],
-        "sex_education.allow.txt": ["sexed.example"],
-    })
+    srcs = write_lists(
+        tmp_path / "l",
+        {
+            "adult.txt": ["sexed.example", "porn.example"],
+            "sex_education.allow.txt": ["sexed.example"],
+        },
+    )
     build_index(srcs, tmp_path / "i.bin")
     ix = opened(tmp_path / "i.bin")
     assert listed_set(ix, "www.sexed.example") == ("sexed.example", "allow", ("sex_education",))
-    got = [(m.listed, m.kind, m.categories, m.sources) for m in ix.matches(to_wire("www.sexed.example"))]
+    got = [
+        (m.listed, m.kind, m.categories, m.sources)
+        for m in ix.matches(to_wire("www.sexed.example"))
+    ]
     assert got == [
         ("sexed.example", "allow", ("sex_education",), ("l/sex_education.allow.txt",)),
         ("sexed.example", "block", (A,), ("l/adult.txt",)),
     ]
     assert [m.kind for m in ix.matches(to_wire("porn.example"))] == ["block"]
+
+
+def test_run_python_module_reports_a_failed_child():
+    with pytest.raises(build_mod.ChildFailed) as err:
+        build_mod.run_python_module(
+            "agent.index.build", ["--out", "x", "--no-such-flag"], "", 60, "the test build"
+        )
+    message = str(err.value)
+    assert message.startswith("the test build failed (exit status 2):")
+    assert "--no-such-flag" in message and not err.value.timed_out

@@ -388,3 +388,84 @@ def test_the_feed_default_command(lists, tmp_path, monkeypatch):
     assert run.exit_code == 1
     assert run.stderr.startswith(f"Error: cannot build the default feed from {lists}: ")
     assert run.stderr.rstrip().endswith("version 1 stays in force")
+
+
+# -- the build runs in a child process: the serving process never holds the names ----------
+
+
+def test_compile_lists_builds_the_default_feed_in_a_child_process(
+    lists, tmp_path, monkeypatch, caplog
+):
+    import agent.feed.default as default_mod
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("the default feed was built in the serving process")
+
+    # Only this process is patched: the child builds with the real builder.
+    monkeypatch.setattr(default_mod, "build_feed", not_here)
+    data = tmp_path / "var"
+    with caplog.at_level("INFO", logger="safenest.feed.default"):
+        compiled = compile_lists(str(lists), data)
+    assert in_force(data) == {PUBLISHER_ID: 1}
+    assert decide_as(compiled, data, "fb88.test") == (True, "category=gambling min_age=18+")
+    # The child's log lines are logged again here, under the child's logger.
+    assert any(
+        r.name == "safenest.feed.default" and "built version 1" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+def test_an_up_to_date_default_feed_is_checked_without_a_child(lists, tmp_path, monkeypatch):
+    import agent.feed.default as default_mod
+
+    data = tmp_path / "var"
+    (lists / "school_rules.txt").write_text("x.test\n")  # not a category of the table
+    assert default_mod.ensure_default_feed_in_child(lists, data).built
+    (lists / "adult.txt").write_text("adult.test\nmore.adult.test\n")
+    assert default_mod.ensure_default_feed_in_child(lists, data).built
+
+    def no_child(*args, **kwargs):
+        raise AssertionError("a child was started for a default feed that is up to date")
+
+    monkeypatch.setattr(default_mod, "run_python_module", no_child)
+    result = default_mod.ensure_default_feed_in_child(lists, data)
+    assert not result.built and result.error is None and result.in_force.version == 2
+    assert result.left_out == (lists / "school_rules.txt",)
+
+
+def test_a_child_that_times_out_keeps_the_last_good_default_feed(lists, tmp_path, caplog):
+    from agent.feed.default import ensure_default_feed_in_child
+
+    data = tmp_path / "var"
+    assert ensure_default_feed_in_child(lists, data).built
+    (lists / "gambling.txt").write_text("fb88.test\nother.test\n")
+    (lists / "school_rules.txt").write_text("x.test\n")
+    with caplog.at_level("ERROR", logger="safenest.feed.default"):
+        result = ensure_default_feed_in_child(lists, data, timeout=0.001)
+    assert not result.built and "the default feed's build timed out" in result.error
+    assert result.in_force.version == 1 and in_force(data) == {PUBLISHER_ID: 1}
+    assert result.left_out == (lists / "school_rules.txt",)  # still indexed directly
+    assert any(
+        "timed out" in r.getMessage() and "version 1 stays in force" in r.getMessage()
+        for r in caplog.records
+    )
+    # A build folder left by a killed child is removed by the next build.
+    stale = data / "feeds" / ".default-build-killed"
+    (stale / "lists").mkdir(parents=True)
+    assert ensure_default_feed_in_child(lists, data).in_force.version == 2
+    assert not stale.exists()
+
+
+def test_a_failed_child_build_is_reported_and_dns_keeps_the_last_good_lists(
+    lists, tmp_path, caplog
+):
+    data = tmp_path / "var"
+    compile_lists(str(lists), data)
+    (lists / "gambling.txt").write_text("fb88.test\nother.test\n")
+    (lists / "categories.json").write_text("[not json")
+    with caplog.at_level("ERROR", logger="safenest.feed.default"):
+        compiled = load_lists(str(lists), data)
+    (message,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert "categories.json" in message and message.endswith("version 1 stays in force")
+    assert decide_as(compiled, data, "fb88.test") == (True, "category=gambling min_age=18+")
+    assert decide_as(compiled, data, "other.test") == (False, "default")

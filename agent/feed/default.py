@@ -17,6 +17,12 @@ function logs and returns, it never raises, so DNS always starts.
 
 Files whose category is not in the table (or whose name is not a list name) are left out of
 the feed; ``agent.lists`` indexes such files of the top folder directly, as before.
+
+The serving process calls :func:`ensure_default_feed_in_child`: it checks in place whether the
+copy in force is up to date (names, the key and one streamed hash of the files: no list is
+held in memory) and otherwise builds in a child ``python -m agent.feed.default``, because
+reading, deduplicating and hashing a million names costs some 170 MiB that CPython would keep
+in the resolver after the build. The child's log lines are logged again by the caller.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -47,12 +54,14 @@ from agent.feed.sync import (
     sync_feed,
 )
 from agent.feed.verify import write_atomic
+from agent.index.build import ChildFailed, run_python_module
 
 __all__ = [
     "PUBLISHER_ID",
     "DefaultFeed",
     "bundled_feed_sources",
     "ensure_default_feed",
+    "ensure_default_feed_in_child",
     "sources_digest",
 ]
 
@@ -66,6 +75,9 @@ STATE_FILE = (
 )
 VALID_DAYS = 365
 RENEW_BEFORE = timedelta(days=30)
+CHILD_TIMEOUT = 600.0  # seconds for a build in a child (a million names: about 4 s on a PC)
+CHILD_NICE = 10  # the build yields the CPU to serving
+_BUILD_PREFIX = ".default-build-"
 _DIGEST_VERSION = (
     b"safenest-default-feed 1\n"  # bump to force a rebuild when the build itself changes
 )
@@ -207,7 +219,8 @@ def ensure_default_feed(
             if why is None:
                 return DefaultFeed(installed, False, None, tuple(left_out))
             version = (installed.version if installed else 0) + 1
-            build_dir = Path(tempfile.mkdtemp(dir=store, prefix=".default-build-"))
+            _remove_stale_builds(store)  # of a child killed at its time limit
+            build_dir = Path(tempfile.mkdtemp(dir=store, prefix=_BUILD_PREFIX))
             try:
                 build_feed(
                     src,
@@ -265,3 +278,126 @@ def _safe_installed(pub_dir: Path) -> InstalledFeed | None:
         return _installed(pub_dir)
     except Exception:
         return None
+
+
+def _remove_stale_builds(store: Path) -> None:
+    """Build folders left by a builder that was killed (called with the lock held)."""
+    for stale in store.glob(f"{_BUILD_PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _up_to_date(src: Path, data_dir: Path, now: datetime) -> DefaultFeed | None:
+    """The copy in force if it needs no new version, else None: the checks of
+    :func:`ensure_default_feed`, without the lock, without writing anything, in little memory.
+    None as well when anything cannot be read (the builder will say why)."""
+    pub_dir = data_dir / "feeds" / PUBLISHER_ID
+    key_path = data_dir / "keys" / KEY_FILE
+    try:
+        installed = _installed(pub_dir)
+        if installed is None or not key_path.exists():
+            return None
+        table = _load_categories(src, None)
+        chosen, left_out = bundled_feed_sources(src, table)
+        digest = sources_digest(chosen, table)
+        key = load_secret_key(key_path)
+        if _why_rebuild(installed, _read_state(pub_dir), digest, key, now) is not None:
+            return None
+    except Exception:
+        return None
+    return DefaultFeed(installed, False, None, tuple(left_out))
+
+
+def _left_out(src: Path) -> tuple[Path, ...]:
+    try:
+        return tuple(bundled_feed_sources(src, _load_categories(src, None))[1])
+    except Exception:
+        return ()
+
+
+def ensure_default_feed_in_child(
+    src_dir: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    *,
+    timeout: float = CHILD_TIMEOUT,
+    nice: int = CHILD_NICE,
+) -> DefaultFeed:
+    """:func:`ensure_default_feed` for the serving process: the build, if one is needed, runs
+    in a child process so that its memory is given back when it exits.
+
+    Never raises either: a child that fails, is killed or times out is logged as a failed
+    build, and the last good copy stays in force.
+    """
+    src, data = Path(src_dir), Path(data_dir)
+    current = _up_to_date(src, data, datetime.now(UTC))
+    if current is not None:
+        return current
+    args = ["--src", str(src), "--data", str(data), "--nice", str(int(nice))]
+    try:
+        out = run_python_module("agent.feed.default", args, "", timeout, "the default feed's build")
+        lines = [line for line in out.splitlines() if line.strip()]
+        report = json.loads(lines[-1]) if lines else None
+        if not isinstance(report, dict):
+            raise ValueError(f"it printed no report: {out.strip()[-500:]!r}")
+        for name, level, message in report.get("log", ()):
+            logging.getLogger(str(name)).log(int(level), "%s", message)
+        error = report.get("error")
+        built = bool(report.get("built"))
+        left_out = tuple(Path(p) for p in report.get("left_out", ()))
+    except (ChildFailed, OSError, ValueError, TypeError) as exc:
+        message = str(exc)
+        still = _safe_installed(data / "feeds" / PUBLISHER_ID)
+        log.error(
+            "default feed: cannot build it from %s: %s; %s",
+            src,
+            message,
+            f"version {still.version} stays in force" if still else "no default feed is in force",
+        )
+        return DefaultFeed(still, False, message, _left_out(src))
+    return DefaultFeed(_safe_installed(data / "feeds" / PUBLISHER_ID), built, error, left_out)
+
+
+class _Collect(logging.Handler):
+    """The child's log records, sent back to the caller in the report."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[tuple[str, int, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append((record.name, record.levelno, record.getMessage()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m agent.feed.default --src DIR --data DIR [--nice N]``: ensure_default_feed,
+    then one JSON line on stdout: built, error, left_out and the log records."""
+    import argparse
+
+    ap = argparse.ArgumentParser(
+        prog="python -m agent.feed.default",
+        description="Build the default feed from a lists folder if it is out of date.",
+    )
+    ap.add_argument("--src", required=True, help="the lists folder")
+    ap.add_argument("--data", required=True, help="the data folder (feeds/ and keys/ in it)")
+    ap.add_argument("--nice", type=int, default=0, help="lower this process's CPU priority")
+    args = ap.parse_args(argv)
+    if args.nice > 0:
+        with contextlib.suppress(OSError):
+            os.nice(args.nice)
+    collect = _Collect()
+    root = logging.getLogger()
+    root.addHandler(collect)
+    root.setLevel(logging.INFO)
+    result = ensure_default_feed(args.src, args.data)
+    report = {
+        "built": result.built,
+        "error": result.error,
+        "version": result.in_force.version if result.in_force else None,
+        "left_out": [str(p) for p in result.left_out],
+        "log": collect.records,
+    }
+    print(json.dumps(report, ensure_ascii=True), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

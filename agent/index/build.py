@@ -44,7 +44,15 @@ from agent.index.lookup import (
 )
 from agent.index.sources import ParseStats, Source, read_domains
 
-__all__ = ["BuildReport", "IndexBuildError", "build_index", "build_in_subprocess", "main"]
+__all__ = [
+    "BuildReport",
+    "ChildFailed",
+    "IndexBuildError",
+    "build_index",
+    "build_in_subprocess",
+    "main",
+    "run_python_module",
+]
 
 MIN_SLOTS = 8
 MAX_SETS = 1 << 16  # set ids are u16
@@ -278,12 +286,24 @@ def _write_atomically(out_path: Path, table: _Table, meta: bytes, flags: int) ->
         with os.fdopen(fd, "wb") as f:
             hasher = xxhash.xxh3_64()
             f.write(bytes(HEADER_SIZE))
-            for part in (memoryview(table.keys).cast("B"), memoryview(table.sids).cast("B"),
-                         bytes(pad), meta):
+            for part in (
+                memoryview(table.keys).cast("B"),
+                memoryview(table.sids).cast("B"),
+                bytes(pad),
+                meta,
+            ):
                 f.write(part)
                 hasher.update(part)
-            header = struct.pack(HEADER_FORMAT, MAGIC, FORMAT_VERSION, flags, slots, table.count,
-                                 len(meta), hasher.intdigest())
+            header = struct.pack(
+                HEADER_FORMAT,
+                MAGIC,
+                FORMAT_VERSION,
+                flags,
+                slots,
+                table.count,
+                len(meta),
+                hasher.intdigest(),
+            )
             f.seek(0)
             f.write(header.ljust(HEADER_SIZE, b"\0"))
             f.flush()
@@ -319,36 +339,49 @@ def _repo_root() -> Path:
     return Path(agent.__file__).resolve().parent.parent
 
 
-def build_in_subprocess(
-    sources: Iterable[Source], out_path: Path, timeout: float = 120, *, nice: int = 10
-) -> BuildReport:
-    """build_index in a child ``python -m agent.index.build`` (argv list, no shell).
+class ChildFailed(Exception):
+    """A ``python -m`` child failed, timed out or was killed; the message says which, with
+    the child's stderr."""
 
-    The child runs at lower CPU priority (``nice``) so that serving is not starved. On
-    failure or timeout raises IndexBuildError carrying the child's stderr; the previous index
-    file is untouched either way.
+    def __init__(self, message: str, pid: int, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.pid = pid
+        self.timed_out = timed_out
+
+
+def run_python_module(
+    module: str, args: Sequence[str], stdin: str, timeout: float, what: str
+) -> str:
+    """Run ``python -m MODULE ARGS`` (argv list, no shell, this checkout first on its path),
+    feed it ``stdin`` and return its stdout.
+
+    The serving process uses it for work whose memory it must never hold (CPython keeps what
+    a big build allocated). Raises :class:`ChildFailed` ("<what> timed out after ...",
+    "<what> failed (exit status N): <stderr>"); the child is killed on timeout or on any
+    exception in the caller.
     """
-    out_path = Path(out_path)
-    payload = json.dumps(
-        [{"category": s.category, "kind": s.kind, "path": str(s.path), "label": s.label}
-         for s in sources]
-    )
-    cmd = [sys.executable, "-m", "agent.index.build", "--out", str(out_path),
-           "--sources-json", "-", "--nice", str(int(nice))]
+    cmd = [sys.executable, "-m", module, *args]
     env = dict(os.environ)
     root = str(_repo_root())
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("PYTHONIOENCODING", "utf-8")
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, close_fds=True)
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        close_fds=True,
+    )
     try:
-        out, err = proc.communicate(payload, timeout=timeout)
+        out, err = proc.communicate(stdin, timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
-        for stale in out_path.parent.glob(f".{out_path.name}.{proc.pid}.*.tmp"):
-            stale.unlink(missing_ok=True)
-        raise IndexBuildError(f"index build timed out after {timeout}s\n{err}".rstrip()) from None
+        raise ChildFailed(
+            f"{what} timed out after {timeout}s\n{err}".rstrip(), proc.pid, timed_out=True
+        ) from None
     except BaseException:
         proc.kill()
         proc.wait()
@@ -361,12 +394,39 @@ def build_in_subprocess(
                 why = f"killed by signal {-proc.returncode}"
         else:
             why = f"exit status {proc.returncode}"
-        raise IndexBuildError(f"index build failed ({why}):\n{err.strip()}")
+        raise ChildFailed(f"{what} failed ({why}):\n{err.strip()}", proc.pid)
+    return out
+
+
+def build_in_subprocess(
+    sources: Iterable[Source], out_path: Path, timeout: float = 120, *, nice: int = 10
+) -> BuildReport:
+    """build_index in a child ``python -m agent.index.build`` (:func:`run_python_module`).
+
+    The child runs at lower CPU priority (``nice``) so that serving is not starved. On
+    failure or timeout raises IndexBuildError carrying the child's stderr; the previous index
+    file is untouched either way.
+    """
+    out_path = Path(out_path)
+    payload = json.dumps(
+        [
+            {"category": s.category, "kind": s.kind, "path": str(s.path), "label": s.label}
+            for s in sources
+        ]
+    )
+    args = ["--out", str(out_path), "--sources-json", "-", "--nice", str(int(nice))]
+    try:
+        out = run_python_module("agent.index.build", args, payload, timeout, "index build")
+    except ChildFailed as exc:
+        if exc.timed_out:  # a killed child cannot remove its temporary file
+            for stale in out_path.parent.glob(f".{out_path.name}.{exc.pid}.*.tmp"):
+                stale.unlink(missing_ok=True)
+        raise IndexBuildError(str(exc)) from None
     lines = [ln for ln in out.splitlines() if ln.strip()]
     try:
         return BuildReport.from_json(lines[-1])
     except (IndexError, ValueError, TypeError) as e:
-        raise IndexBuildError(f"index build printed no report ({e}):\n{out}\n{err}") from None
+        raise IndexBuildError(f"index build printed no report ({e}):\n{out}") from None
 
 
 # -- command line ---------------------------------------------------------------------------
@@ -396,15 +456,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m agent.index.build", description="Compile block/allow lists into an index."
     )
     ap.add_argument("--out", required=True, type=Path, help="index file to write (atomically)")
-    ap.add_argument("--source", action="append", default=[], type=_parse_source,
-                    metavar="CATEGORY:KIND:PATH[:LABEL]")
+    ap.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        type=_parse_source,
+        metavar="CATEGORY:KIND:PATH[:LABEL]",
+    )
     ap.add_argument("--sources-json", metavar="FILE", help="JSON list of sources ('-': stdin)")
     ap.add_argument("--nice", type=int, default=0, help="lower this process's CPU priority")
     args = ap.parse_args(argv)
     sources: list[Source] = list(args.source)
     if args.sources_json:
         try:
-            text = sys.stdin.read() if args.sources_json == "-" else Path(args.sources_json).read_text()
+            text = (
+                sys.stdin.read()
+                if args.sources_json == "-"
+                else Path(args.sources_json).read_text()
+            )
             sources += _sources_from_json(text)
         except (OSError, ValueError, KeyError, TypeError) as e:
             print(f"error: bad --sources-json: {e!r}", file=sys.stderr)
