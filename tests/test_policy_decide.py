@@ -624,3 +624,29 @@ def test_a_lists_own_age_cannot_switch_protection_off(tmp_path):
         )
     finally:
         index.close()
+
+
+# Every engine of the bundled SafeSearch data, through decide (the index in these tests does not
+# list search_unsafe, so Ecosia and Yandex are allowed and rewritten here).
+@pytest.mark.parametrize(
+    ("host", "target"),
+    [
+        ("www.bing.com", "strict.bing.com"),
+        ("duckduckgo.com", "safe.duckduckgo.com"),
+        ("html.duckduckgo.com", "safe.duckduckgo.com"),
+        ("pixabay.com", "safesearch.pixabay.com"),
+        ("www.ecosia.org", "strict-safe-search.ecosia.org"),
+        ("yandex.ru", "familysearch.yandex.ru"),
+        ("www.yandex.com.tr", "familysearch.yandex.ru"),
+        ("ya.ru", "familysearch.yandex.ru"),
+    ],
+)
+def test_every_bundled_safesearch_engine(index, host, target):
+    from agent.policy.catalogue import load_catalogue
+
+    s = build_snapshot(family_policy(), CRITERIA, index, load_catalogue())
+    for qtype in (A, AAAA, HTTPS):
+        d = decide(s, host, MINH, qtype=qtype)
+        assert (d.action, d.target) == ("rewrite", target), (host, qtype)
+    assert decide(s, host, DAD).action == "allow"  # 18+: off
+    assert decide(s, "mail." + host.removeprefix("www."), MINH).action == "allow"
