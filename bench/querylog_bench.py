@@ -29,6 +29,13 @@ read from ../shared/data/lists (hostsVN gambling and adult lists), the allowed n
 phishing-nl.txt names standing in for real names of real lengths. 4 profiles, 8 clients.
 
 Writes bench/results/querylog.json. Exit status 0, or 1 when entries were dropped.
+
+``--flush-cost N [--shape mix|compact|record] [--no-flush]`` instead queues N entries (as the
+resolver hands them: ``compact`` the replayed answers' prebuilt shape, ``record`` record()'s,
+``mix`` both as the traffic says) and flushes them in batches of 1,000, after a warm-up that
+wrote the same answers once; with ``--no-flush`` the batches are dropped instead. Run both
+under ``valgrind --tool=callgrind``: the difference of the instruction counts, divided by N, is
+the writer's cost per entry (docs/performance.md, "Instruction counts").
 """
 
 from __future__ import annotations
@@ -384,6 +391,56 @@ def household(
     return result
 
 
+def flush_cost(workdir: Path, n: int, shape: str, flush: bool) -> float:
+    """Queue `n` entries and flush them 1,000 at a time (or drop them); µs of CPU per entry."""
+    from agent.dns.wire import name_to_wire as to_wire
+
+    kinds = {k.value: k for k in AnswerKind}
+    prebuilt: dict[tuple, tuple] = {}
+    items = []
+    for e in Traffic(random.Random(5)).entries([0.0] * 20_000):
+        wire, kind = to_wire(e.name).lower(), kinds.get(e.kind, e.kind)
+        answer = (e.profile, wire, e.qtype, kind, e.reason)
+        if shape == "compact" or (shape == "mix" and e.kind != "forwarded"):
+            items.append((None, e.client, prebuilt.setdefault(answer, answer)))
+        else:
+            items.append(
+                (
+                    e.client,
+                    wire,
+                    e.qtype,
+                    kind,
+                    e.reason,
+                    e.profile,
+                    e.device,
+                    e.upstream,
+                    e.latency_ms,
+                )
+            )
+    ql = QueryLog(QueryLogStore.open(workdir / "cost.db"), queue_entries=10**7)
+
+    def fill(start: int, count: int) -> None:
+        queue = ql.queue
+        for i in range(start, start + count):
+            item = items[i % len(items)]
+            if item[0] is None:
+                queue.append((time.time(), item[1], "", item[2]))
+            else:
+                ql.record(*item)
+
+    for start in range(0, len(items), 5_000):  # warm-up: every answer met once
+        fill(start, 5_000)
+        ql._flush()
+    t0 = time.thread_time()
+    for start in range(0, n, 1_000):
+        fill(start, 1_000)
+        if flush:
+            ql._flush()
+        else:
+            ql.queue.clear()
+    return (time.thread_time() - t0) / max(1, n) * 1e6
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=int, default=5_000)
@@ -393,7 +450,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "querylog.json")
     parser.add_argument("--keep-tmp", action="store_true")
+    parser.add_argument("--flush-cost", type=int, metavar="N", help="see the module docstring")
+    parser.add_argument("--shape", choices=("mix", "compact", "record"), default="mix")
+    parser.add_argument("--no-flush", action="store_true")
     args = parser.parse_args(argv)
+    if args.flush_cost is not None:
+        workdir = Path(tempfile.mkdtemp(prefix="querylog-cost-"))
+        try:
+            us = flush_cost(workdir, args.flush_cost, args.shape, not args.no_flush)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        print(f"{args.shape}: {us:.2f} µs of CPU per entry (queueing included)")
+        return 0
 
     rng = random.Random(args.seed)
     traffic = Traffic(rng)
