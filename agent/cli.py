@@ -187,6 +187,9 @@ main.add_command(sync)
 from .policy.cli import policy  # noqa: E402
 
 main.add_command(policy)
+from .querylog.cli import log_group  # noqa: E402  (`log` here is the logger)
+
+main.add_command(log_group)
 
 
 if __name__ == "__main__":
