@@ -9,7 +9,8 @@ import sys
 
 import click
 
-from .settings import SettingsError, load_settings
+from .cli_options import config_option, data_option
+from .cli_options import settings_or_exit as _settings
 
 log = logging.getLogger("safenest")
 
@@ -22,17 +23,6 @@ def _setup_logging(level: str) -> None:
     )
 
 
-def _settings(config, **overrides):
-    try:
-        return load_settings(config, overrides=overrides)
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-config_option = click.option(
-    "--config", envvar="SAFENEST_CONFIG", type=click.Path(dir_okay=False), help="TOML settings file."
-)
-data_option = click.option("--data", help="Data folder (databases, compiled lists). Default: ./var")
 
 
 @click.group()

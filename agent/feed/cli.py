@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from agent.cli_options import settings_or_exit
 from agent.feed.format import FeedError, format_time
 
 __all__ = ["feed", "sync"]
@@ -171,12 +172,8 @@ def default_feed(config, data) -> None:
     before it compiles). Exit 1 if the build failed; the last good version then stays in force."""
     from agent.feed.default import ensure_default_feed
     from agent.lists import lists_dir
-    from agent.settings import SettingsError, load_settings
 
-    try:
-        settings = load_settings(config, overrides={"data": data})
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
+    settings = settings_or_exit(config, data=data)
     src = lists_dir(settings.blocklists_dir)
     result = ensure_default_feed(src, settings.data)
     feed = result.in_force
@@ -237,12 +234,8 @@ def sync(url, pubkey, config, data, allow_insecure, timeout) -> None:
     from agent.feed.extra import sync_sources
     from agent.feed.sync import sync_all, sync_feed
     from agent.lists import criteria_in_force, feeds_dir, keys_dir
-    from agent.settings import SettingsError, load_settings
 
-    try:
-        settings = load_settings(config, overrides={"data": data})
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
+    settings = settings_or_exit(config, data=data)
     store = feeds_dir(settings.data)
     insecure = allow_insecure or settings.feed_allow_insecure
     timeout = timeout or settings.feed_timeout_seconds

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import click
 
+from ..cli_options import config_option, data_option, settings_or_exit
 from .document import FORMATS, PolicyDocumentError, default_known_categories, dumps, loads
 from .model import Policy
 
@@ -118,13 +119,9 @@ def _format_of(path: str | None, given: str | None, default: str | None) -> str:
 
 
 def _store(config: str | None, data: str | None):
-    from agent.settings import SettingsError, load_settings
     from agent.storage.policy_store import open_policy_store
 
-    try:
-        settings = load_settings(config, overrides={"data": data})
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
+    settings = settings_or_exit(config, data=data)
     return settings, open_policy_store(settings.data)
 
 
@@ -142,15 +139,6 @@ def _write_private(path: Path, text: str) -> None:
         raise
 
 
-_config_option = click.option(
-    "--config",
-    envvar="SAFENEST_CONFIG",
-    type=click.Path(dir_okay=False),
-    help="TOML settings file.",
-)
-_data_option = click.option(
-    "--data", help="Data folder (the policy is DATA/safenest.db). Default: ./var"
-)
 _format_option = click.option(
     "--format",
     "fmt",
@@ -172,8 +160,8 @@ def policy() -> None:
     type=click.Path(dir_okay=False, writable=True),
     help="Write to FILE instead of printing.",
 )
-@_config_option
-@_data_option
+@config_option
+@data_option
 def export_command(fmt, output, config, data) -> None:
     """Print the whole policy (profiles, devices, rules, schedules, overrides) as TOML or JSON."""
     _settings, store = _store(config, data)
@@ -194,8 +182,8 @@ def export_command(fmt, output, config, data) -> None:
 @click.option(
     "--dry-run", is_flag=True, help="Check the file and show what would change; apply nothing."
 )
-@_config_option
-@_data_option
+@config_option
+@data_option
 def import_command(file, fmt, dry_run, config, data) -> None:
     """Check FILE completely and replace the stored policy with it in one step.
 

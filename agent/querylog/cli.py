@@ -26,6 +26,7 @@ from zoneinfo import ZoneInfo
 
 import click
 
+from ..cli_options import config_option, data_option, settings_or_exit
 from ..storage.querylog import MAX_HOUR, PeriodStats, QueryLogStore
 from .export import export_queries_csv, export_rollups_csv
 
@@ -37,25 +38,8 @@ FOREVER = MAX_HOUR * 3600.0  # past every entry's time, still a valid id bound
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 _TIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ].+")
 
-_config_option = click.option(
-    "--config",
-    envvar="SAFENEST_CONFIG",
-    type=click.Path(dir_okay=False),
-    help="TOML settings file.",
-)
-_data_option = click.option(
-    "--data", help="Data folder (databases, compiled lists). Default: ./var"
-)
-
-
 def _settings(config, data):
-    """The same settings as `safenest run` would use (file, SAFENEST_* variables, --data)."""
-    from ..settings import SettingsError, load_settings
-
-    try:
-        return load_settings(config, overrides={"data": data})
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
+    return settings_or_exit(config, data=data)
 
 
 def _open_store(data_dir) -> QueryLogStore:
@@ -152,8 +136,8 @@ def log_group() -> None:
     type=click.Path(dir_okay=False),
     help="Write to FILE (mode 0600). Default: stdout.",
 )
-@_config_option
-@_data_option
+@config_option
+@data_option
 def export(first, last, rollups, profile, output, config, data) -> None:
     """Export the log (or with --rollups its hourly counts) of a date range as CSV.
 
@@ -193,8 +177,8 @@ def export(first, last, rollups, profile, output, config, data) -> None:
 @log_group.command("delete-profile")
 @click.argument("profile_id")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@_config_option
-@_data_option
+@config_option
+@data_option
 def delete_profile(profile_id, yes, config, data) -> None:
     """Delete PROFILE_ID's whole history: its log entries, hourly counts and top names.
 
@@ -253,8 +237,8 @@ def _stats_table(stats: dict[str, PeriodStats]) -> list[str]:
 @click.option(
     "--top", default=10, show_default=True, type=click.IntRange(1, 100), help="Names per list."
 )
-@_config_option
-@_data_option
+@config_option
+@data_option
 def stats(top, config, data) -> None:
     """Queries and blocks of the last 24 hours and 7 days, per profile, and the names most blocked."""
     settings = _settings(config, data)
