@@ -20,6 +20,7 @@ import asyncio
 import gc
 import logging
 import signal
+import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -55,6 +56,7 @@ log = logging.getLogger("safenest")
 
 POLICY_POLL_SECONDS = 0.5  # the policy database's revision is read this often (a change acts within 2 s)
 CLOCK_JUMP_SECONDS = 1.0  # a wall-clock step larger than this re-evaluates the schedules
+SWITCH_INTERVAL = 0.0005  # seconds; see serve()
 REBUILD_RETRY_SECONDS = 5.0  # after a failed policy rebuild (e.g. the database was locked)
 SEEN_FLUSH_SECONDS = 60.0  # the clients seen are written to the database this often
 
@@ -449,6 +451,9 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> int:
     # the cache fills with objects that live for minutes.
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
+    # The query log's writer and the admin server are Python threads: by default a thread that
+    # wants the GIL waits up to 5 ms for the holder to let go, which the DNS thread must not.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     if ready is not None:
         ready.set()
     log.info("SafeNest is running")
