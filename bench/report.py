@@ -54,8 +54,8 @@ def render(doc: dict) -> str:
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for name, data in per.items():
-            if name == "ratios":
-                continue
+            if not isinstance(data, dict) or "median" not in data:
+                continue  # "ratios", the logging scenario's "full_over_off"
             m = data["median"]
             out.append(
                 f"| {name} | {_num(m['qps'], ',.0f')} | {_num(m['completed'], ',.0f')} "
@@ -73,6 +73,12 @@ def render(doc: dict) -> str:
                 f"×{_num(r['cpu_us_per_query'], '.2f')}, p50 ×{_num(r['p50_ms'], '.2f')}, "
                 f"p99 ×{_num(r['p99_ms'], '.2f')}"
             )
+        if "full_over_off" in per:
+            r = per["full_over_off"]
+            out.append(
+                "- query log full/off: "
+                + ", ".join(f"{k.removesuffix('_ms')} ×{_num(v, '.2f')}" for k, v in r.items())
+            )
         out.append("")
     if doc.get("targets"):
         out += ["### Targets", "", "| target | status | detail |", "|---|---|---|"]
@@ -85,7 +91,7 @@ def render(doc: dict) -> str:
     for scen in SCENARIOS:
         # The same for every server but the port (and, for misses, the file of fresh names).
         for name, data in doc["scenarios"].get(scen, {}).items():
-            if name != "ratios" and data["runs"]:
+            if isinstance(data, dict) and data.get("runs"):
                 differ = "-p and -d (their own fresh names)" if scen == "misses" else "-p"
                 out.append(f"# {scen} ({name}; the others differ only in {differ}):")
                 out.append(data["runs"][0]["dnsperf"])
