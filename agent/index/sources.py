@@ -159,92 +159,10 @@ def _is_ip(token: str) -> bool:
     return True
 
 
-def read_domains(path: Path, stats: ParseStats | None = None) -> Iterator[str]:
-    """Yield the normalized domains of a list file (see the module docstring for formats).
-
-    Pass a :class:`ParseStats` to learn how many lines were comments, ignored or bad; it is
-    updated as the generator is consumed, so read it after the loop. Duplicates are yielded as
-    often as they appear. Undecodable bytes make their line bad (never an exception).
-    """
-    st = stats if stats is not None else ParseStats()
-    norm = normalize_domain
-    with open(path, encoding="utf-8-sig", errors="replace") as f:
-        lineno = 0
-        for raw in f:
-            lineno += 1
-            line = raw.strip()
-            if not line or line[0] in "#![":
-                st.comments += 1
-                continue
-            if "#" in line:
-                cut = line.index("#")
-                if not line[cut - 1].isspace():  # "a.com##.ad" cosmetic filter, "a#b": not ours
-                    st._bad(lineno, raw)
-                    continue
-                line = line[:cut].rstrip()
-            first = line[0]
-            if first == "|":
-                d = None
-                if line.startswith("||"):
-                    body, caret, options = line[2:].partition("^")
-                    if caret and (
-                        not options
-                        or options == "|"
-                        or (
-                            options[0] == "$"
-                            and set(options[1:].split(",")) <= _ADBLOCK_OPTIONS
-                        )
-                    ):
-                        d = norm(body)
-                if d is None:
-                    st._bad(lineno, raw)
-                else:
-                    st.domains += 1
-                    yield d
-            elif " " in line or "\t" in line:
-                tokens = line.split()
-                if not _is_ip(tokens[0]):
-                    st._bad(lineno, raw)
-                    continue
-                for name in tokens[1:]:
-                    if name in _HOSTS_BOILERPLATE:
-                        st.ignored += 1
-                        continue
-                    d = norm(name)
-                    if d is None:
-                        st._bad(lineno, raw)
-                    else:
-                        st.domains += 1
-                        yield d
-            else:
-                d = norm(line)
-                if d is None:
-                    st._bad(lineno, raw)
-                else:
-                    st.domains += 1
-                    yield d
-        st.lines = lineno
-
-
-def _adblock_body(rest: str) -> str | None:
-    """The domain part of ``||domain^[options]`` (``rest`` is what follows ``||``), or None."""
-    body, caret, options = rest.partition("^")
-    if not caret:
-        return None
-    if options and options != "|" and not (
-        options[0] == "$" and set(options[1:].split(",")) <= _ADBLOCK_OPTIONS
-    ):
-        return None
-    return body
-
-
-def read_entries(path: Path, stats: ParseStats | None = None) -> Iterator[tuple[str, str]]:
-    """Yield ``(kind, domain)`` for a public list: what :func:`read_domains` reads as
-    ``("block", domain)``, plus ``@@||domain^`` as ``("allow", domain)`` and the wildcards
-    ``*.domain`` and ``||*.domain^`` as ``("block", domain)``. ``stats`` as for read_domains.
-    """
-    st = stats if stats is not None else ParseStats()
-    norm = normalize_domain
+def _content_lines(path: Path, st: ParseStats) -> Iterator[tuple[int, str, str]]:
+    """``(line number, raw line, content)`` of every line that is not a comment; comments
+    (``#``, ``!``, ``[...]``, and a trailing ``# ...``) are counted in ``st``. A ``#`` glued to
+    text (``a.com##.ad``, a cosmetic filter) makes the line bad. Sets ``st.lines`` at the end."""
     with open(path, encoding="utf-8-sig", errors="replace") as f:
         lineno = 0
         for raw in f:
@@ -259,35 +177,106 @@ def read_entries(path: Path, stats: ParseStats | None = None) -> Iterator[tuple[
                     st._bad(lineno, raw)
                     continue
                 line = line[:cut].rstrip()
-            kind = "block"
-            if line.startswith("@@"):
-                kind, line = "allow", line[2:]
-                if not line.startswith("||"):  # only whole-domain exceptions mean "allow"
-                    st._bad(lineno, raw)
-                    continue
-            if line.startswith("||"):
-                body = _adblock_body(line[2:])
-                d = None if body is None else norm(body[2:] if body.startswith("*.") else body)
-                names = [d]
-            elif line.startswith("*."):
-                names = [norm(line[2:])]
-            elif " " in line or "\t" in line:
-                tokens = line.split()
-                if not _is_ip(tokens[0]):
-                    st._bad(lineno, raw)
-                    continue
-                names = []
-                for name in tokens[1:]:
-                    if name in _HOSTS_BOILERPLATE:
-                        st.ignored += 1
-                    else:
-                        names.append(norm(name))
-            else:
-                names = [norm(line)]
-            for d in names:
-                if d is None:
-                    st._bad(lineno, raw)
-                else:
-                    st.domains += 1
-                    yield kind, d
+            yield lineno, raw, line
         st.lines = lineno
+
+
+def _hosts_names(line: str, st: ParseStats) -> list[str] | None:
+    """The names of a hosts-file line (``0.0.0.0 a.example b.example``), or None if the first
+    token is not an address; ``localhost`` and its kin are counted as ignored."""
+    tokens = line.split()
+    if not _is_ip(tokens[0]):
+        return None
+    names = []
+    for name in tokens[1:]:
+        if name in _HOSTS_BOILERPLATE:
+            st.ignored += 1
+        else:
+            names.append(name)
+    return names
+
+
+def read_domains(path: Path, stats: ParseStats | None = None) -> Iterator[str]:
+    """Yield the normalized domains of a list file (see the module docstring for formats).
+
+    Pass a :class:`ParseStats` to learn how many lines were comments, ignored or bad; it is
+    updated as the generator is consumed, so read it after the loop. Duplicates are yielded as
+    often as they appear. Undecodable bytes make their line bad (never an exception).
+    """
+    st = stats if stats is not None else ParseStats()
+    norm = normalize_domain
+    for lineno, raw, line in _content_lines(path, st):
+        if line[0] == "|":
+            body = _adblock_body(line[2:]) if line.startswith("||") else None
+            names = [body]
+        elif " " in line or "\t" in line:
+            names = _hosts_names(line, st)
+            if names is None:
+                st._bad(lineno, raw)
+                continue
+        else:  # the common case of a plain list: one name, no list built
+            d = norm(line)
+            if d is None:
+                st._bad(lineno, raw)
+            else:
+                st.domains += 1
+                yield d
+            continue
+        for name in names:
+            d = None if name is None else norm(name)
+            if d is None:
+                st._bad(lineno, raw)
+            else:
+                st.domains += 1
+                yield d
+
+
+def _adblock_body(rest: str) -> str | None:
+    """The domain part of ``||domain^[options]`` (``rest`` is what follows ``||``), or None."""
+    body, caret, options = rest.partition("^")
+    if not caret:
+        return None
+    if (
+        options
+        and options != "|"
+        and not (options[0] == "$" and set(options[1:].split(",")) <= _ADBLOCK_OPTIONS)
+    ):
+        return None
+    return body
+
+
+def read_entries(path: Path, stats: ParseStats | None = None) -> Iterator[tuple[str, str]]:
+    """Yield ``(kind, domain)`` for a public list: what :func:`read_domains` reads as
+    ``("block", domain)``, plus ``@@||domain^`` as ``("allow", domain)`` and the wildcards
+    ``*.domain`` and ``||*.domain^`` as ``("block", domain)``. ``stats`` as for read_domains.
+    """
+    st = stats if stats is not None else ParseStats()
+    norm = normalize_domain
+    for lineno, raw, line in _content_lines(path, st):
+        kind = "block"
+        if line.startswith("@@"):
+            kind, line = "allow", line[2:]
+            if not line.startswith("||"):  # only whole-domain exceptions mean "allow"
+                st._bad(lineno, raw)
+                continue
+        if line.startswith("||"):
+            body = _adblock_body(line[2:])
+            if body is not None and body.startswith("*."):
+                body = body[2:]
+            names = [body]
+        elif line.startswith("*."):
+            names = [line[2:]]
+        elif " " in line or "\t" in line:
+            names = _hosts_names(line, st)
+            if names is None:
+                st._bad(lineno, raw)
+                continue
+        else:
+            names = [line]
+        for name in names:
+            d = None if name is None else norm(name)
+            if d is None:
+                st._bad(lineno, raw)
+            else:
+                st.domains += 1
+                yield kind, d
