@@ -711,3 +711,17 @@ def test_a_new_file_has_small_pages_and_an_old_one_keeps_its_own(tmp_path):
         assert [r[4] for r in raw_rows(store)] == ["kept.example"]
     finally:
         store.close()
+
+
+def test_remembered_answers_are_bounded_when_nothing_is_kept(store, monkeypatch):
+    # counts_only keeps no row, so no answer key is used up: the memory of answers must still
+    # be bounded, or a long run would remember every name ever asked.
+    import agent.storage.querylog as ql
+
+    monkeypatch.setattr(ql, "ANSWERS", 10)
+    base = time.time()
+    for batch in range(5):
+        items = [entry(base + i, name=f"n{batch}-{i}.example") for i in range(10)]
+        store.write_items(items, lambda profile, kind: False)
+        assert len(store._answers) <= 20
+    assert store.statistics(now=base + 60)["24h"].queries == 50  # every entry still counted

@@ -426,7 +426,7 @@ class QueryLogStore:
                 self._answers.clear()
                 self._next_key = 1
                 self._answer_conn = conn
-            if epoch != self._answers_epoch or self._next_key > ANSWERS:
+            if epoch != self._answers_epoch or len(self._answers) > ANSWERS:
                 # Only here, between writes: keys bound in a write must keep their columns.
                 self._answers.clear()
                 self._next_key = 1
