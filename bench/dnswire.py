@@ -68,21 +68,11 @@ def query(
     name: str, port: int, ip: str = "127.0.0.1", timeout: float = 1.0
 ) -> tuple[str, int] | None:
     """(rcode name, answer count) for ``name`` A, or None if nothing came back in time."""
-    qid, wire = build_query(name)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(timeout)
-        s.connect((ip, port))
-        s.send(wire)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                data = s.recv(4096)
-            except (TimeoutError, ConnectionRefusedError):
-                return None
-            if len(data) >= 12 and struct.unpack("!H", data[:2])[0] == qid:
-                flags, _qd, an = struct.unpack("!HHH", data[2:8])
-                return RCODES.get(flags & 0xF, str(flags & 0xF)), an
-    return None
+    data = resolve(name, port, ip, timeout)
+    if data is None:
+        return None
+    flags, _qd, an = struct.unpack("!HHH", data[2:8])
+    return RCODES.get(flags & 0xF, str(flags & 0xF)), an
 
 
 def wait_answer(name: str, port: int, timeout: float, alive=lambda: True) -> tuple[str, int] | None:
