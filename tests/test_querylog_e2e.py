@@ -20,6 +20,7 @@ import pytest
 from agent.policy.model import Device, Policy, Profile
 from agent.querylog import QueryLogStore
 from agent.storage.policy_store import open_policy_store
+from agent.storage.querylog import QUERY_COLUMNS
 from tests.dnsfakes import RunningSafeNest
 
 KID, TEEN = "127.0.0.2", "127.0.0.3"
@@ -106,18 +107,7 @@ def logged(server, count, seconds=20.0):
         time.sleep(0.1)
 
 
-COLUMNS = (
-    "time",
-    "client",
-    "device",
-    "profile",
-    "name",
-    "qtype",
-    "kind",
-    "reason",
-    "upstream",
-    "latency_ms",
-)
+COLUMNS = QUERY_COLUMNS  # the raw log's columns, as export_queries yields them
 
 
 def pick(rows, name, client=None):
