@@ -28,6 +28,26 @@ from agent.settings import load_settings
 # ---------------------------------------------------------------- fake upstream
 
 
+def _socket_pair(host: str) -> tuple[socket.socket, socket.socket]:
+    """A UDP socket on a port the OS picks and a TCP socket on the same port. That port may
+    be taken for TCP (another test's connection): then another is tried."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for attempt in range(20):
+        udp = socket.socket(family, socket.SOCK_DGRAM)
+        udp.bind((host, 0))
+        tcp = socket.socket(family, socket.SOCK_STREAM)
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            tcp.bind((host, udp.getsockname()[1]))
+            return udp, tcp
+        except OSError:
+            udp.close()
+            tcp.close()
+            if attempt == 19:
+                raise
+    raise AssertionError("unreachable")
+
+
 class FakeUpstream:
     """A DNS server on UDP and TCP whose behaviour a test scripts.
 
@@ -45,13 +65,8 @@ class FakeUpstream:
         self.silent = False
         self.truncate_udp = False
         self.queries: list[tuple[str, dns.message.Message]] = []
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.udp = socket.socket(family, socket.SOCK_DGRAM)
-        self.udp.bind((host, 0))
+        self.udp, self.tcp = _socket_pair(host)
         self.port = self.udp.getsockname()[1]
-        self.tcp = socket.socket(family, socket.SOCK_STREAM)
-        self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.tcp.bind((host, self.port))
         self.tcp.listen(16)
         self._stop = threading.Event()
         self._threads = [

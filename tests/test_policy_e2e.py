@@ -424,7 +424,8 @@ def test_a_wall_clock_jump_makes_the_policy_look_at_the_time_again(start):
     server = start()
     policy = server.agent.policy
     query = dns.message.make_query("chat.test", "A", use_edns=0)
-    dns.query.udp(query, server.host, port=server.port, source=TEEN, timeout=5)
+    for _ in range(2):  # the second answer (from the cache) is the one remembered
+        dns.query.udp(query, server.host, port=server.port, source=TEEN, timeout=5)
     assert server.call(len, server.agent.server.replay) == 1
     # As if NTP had moved the clock by an hour since the decisions were made.
     server.call(setattr, policy, "wall_offset", policy.wall_offset - 3600)

@@ -170,3 +170,29 @@ def test_a_replayed_capped_answer_counts_down_once_its_ttl_is_below_the_cap(chil
         timeout=5,
     )
     assert blocked.answer[0][0].to_text() == "0.0.0.0"
+
+
+def test_a_packet_is_remembered_on_its_second_answer_not_its_first(child_server):
+    """Admission on second use: a name asked once (most names: trackers, CDN hosts) takes no
+    memo slot; asked again, the cache's answer is remembered and later repeats replay it."""
+    import dns.query
+
+    query = dns.message.make_query("www.example.test", "A", use_edns=0)
+    replay = child_server.agent.server.replay
+    cache = child_server.agent.cache
+
+    def ask() -> None:
+        answer = dns.query.udp(
+            query, child_server.host, port=child_server.port, source=CLIENT, timeout=5
+        )
+        assert [r.to_text() for r in answer.answer[0]] == ["192.0.2.10"]
+
+    ask()  # forwarded: cached, not remembered
+    assert child_server.call(len, replay) == 0
+    assert child_server.call(len, cache) == 1
+    hits = child_server.call(lambda: cache.hits)
+    ask()  # from the cache: remembered now
+    assert child_server.call(len, replay) == 1
+    assert child_server.call(lambda: cache.hits) == hits + 1
+    ask()  # replayed: the cache is not asked
+    assert child_server.call(lambda: cache.hits) == hits + 1
