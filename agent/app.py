@@ -42,9 +42,10 @@ from .dns.steps.caching import Caching
 from .dns.steps.client_gate import ClientGate
 from .dns.steps.forwarding import Forwarding
 from .dns.steps.local_names import LocalNames
+from .dns.steps.local_zones import LocalZones, private_upstreams
 from .dns.steps.policy import Policy
 from .dns.steps.special_queries import SpecialQueries
-from .dns.upstream import Forwarder
+from .dns.upstream import Forwarder, parse_upstream
 from .feed.schedule import FeedSync
 from .lists import compile_lists, last_good, load_lists
 from .querylog import QueryLog
@@ -118,6 +119,13 @@ class Agent:
             s.cache_max_entries, s.cache_max_bytes, s.cache_max_ttl, s.negative_max_ttl, s.serve_stale_seconds
         )
         self.forwarder = Forwarder(self.upstreams, s.upstream_timeout, s.query_timeout, s.upstream_recheck_seconds)
+        # The router (or whoever private_upstream names) for the LAN's own names; None: NXDOMAIN.
+        private = private_upstreams(s.private_upstream, self.upstreams, parse_upstream)
+        self.private_forwarder = (
+            Forwarder(private, s.upstream_timeout, s.query_timeout, s.upstream_recheck_seconds)
+            if private
+            else None
+        )
         self.gate = ClientGate(s.allowed_clients, s.rate_limit_queries, s.rate_limit_seconds)
         # Start from the lists compiled last time, if any, so DNS is filtering at once;
         # the fresh compile runs in the background and is swapped in.
@@ -141,6 +149,10 @@ class Agent:
             self.policy,
             SpecialQueries(),
             Caching(self.cache),
+            LocalZones(
+                Forwarding(self.private_forwarder) if self.private_forwarder else None,
+                [str(u) for u in private],
+            ),
             Forwarding(self.forwarder),
         )
         self.server = DnsServer(
@@ -425,6 +437,8 @@ class Agent:
             await asyncio.to_thread(self.admin.stop)
         self.server.close()
         self.forwarder.close()
+        if self.private_forwarder is not None:
+            self.private_forwarder.close()
         if self._watcher is not None:
             await asyncio.to_thread(self._watcher.join, 5)
         if self.querylog is not None:

@@ -98,6 +98,24 @@ def _as_feed_urls(value: Any) -> list[str]:
     return items
 
 
+def _as_private_upstream(value: Any) -> list[str]:
+    items = _as_list(value)
+    if not items:
+        raise ValueError("give 'auto', 'none' or ADDR[:PORT] resolvers")
+    if any(i.lower() in ("auto", "none") for i in items):
+        if len(items) > 1:
+            raise ValueError("'auto' and 'none' stand alone, not in a list of resolvers")
+        return [items[0].lower()]
+    from .dns.upstream import parse_upstream  # here: the settings module stays light
+
+    for item in items:
+        try:
+            parse_upstream(item)
+        except ValueError as exc:
+            raise ValueError(f"bad resolver {item!r}: {exc}") from None
+    return items
+
+
 def _one_of(*choices: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         text = _as_text(value).strip().lower()
@@ -144,6 +162,14 @@ SETTINGS: tuple[Setting, ...] = (
         _as_list,
     ),
     Setting("resolv_conf", "/etc/resolv.conf", "Where to read the system's resolvers from.", _as_text),
+    Setting(
+        "private_upstream",
+        ["auto"],
+        "Where reverse lookups of private addresses, dotless names and home.arpa/lan/internal/local "
+        "go instead of the upstreams: 'auto' (the upstreams on the LAN, such as the router, which "
+        "knows its devices' names), 'none' (NXDOMAIN answered here), or resolvers as ADDR[:PORT].",
+        _as_private_upstream,
+    ),
     Setting(
         "blocklists_dir",
         "",

@@ -7,6 +7,7 @@ from .steps.caching import Caching
 from .steps.client_gate import ClientGate
 from .steps.forwarding import Forwarding
 from .steps.local_names import LocalNames
+from .steps.local_zones import LocalZones
 from .steps.policy import Policy
 from .steps.special_queries import SpecialQueries
 
@@ -24,6 +25,7 @@ def build_chain(
     policy: Policy,
     special: SpecialQueries,
     caching: Caching,
+    local_zones: LocalZones,
     forwarding: Forwarding,
 ) -> list[Step]:
     steps: list[Step] = [
@@ -42,7 +44,11 @@ def build_chain(
         # 5. The cache answers what it has, keeps what the upstreams return, and
         #    serves stale data when they fail (RFC 8767).
         caching,
-        # 6. Last: the upstreams.
+        # 6. Private names (reverse lookups of LAN ranges, dotless names, home.arpa) never
+        #    reach the upstreams: the router is asked, or NXDOMAIN answered here. After the
+        #    cache, so the router's answers are cached like any other.
+        local_zones,
+        # 7. Last: the upstreams.
         forwarding,
     ]
     chain(*steps)

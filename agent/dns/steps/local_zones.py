@@ -1,0 +1,161 @@
+"""Names that must not leave the LAN: answered here, or asked of the LAN's own resolver.
+
+A public resolver has no answer for 192.168.1.20's reverse name or for a printer's dotless
+name, and asking it tells the internet provider which devices the family has. So, as
+dnsmasq's bogus-priv and Pi-hole's defaults do, these names never go to the upstreams:
+
+- reverse lookups of private, loopback, link-local and CGNAT ranges (RFC 6303, RFC 7793);
+- the local-use domains home.arpa (RFC 8375), lan, internal and local (the names routers
+  give their DHCP clients), and dotless A/AAAA names (``printer``);
+
+They go to the *private upstream* instead: by default the upstreams that are themselves on
+the LAN (the router, which knows its clients' names), else NXDOMAIN is answered here.
+``localhost`` answers itself and ``invalid`` does not exist (RFC 6761), whatever is set.
+
+What every other query pays is one `bytes.endswith` against the zones' six top-level labels
+(arpa, lan, internal, local, localhost, invalid) and one length test.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from ...model import Answer, AnswerKind
+from ..upstream import Upstream
+from ..wire import NOERROR, NXDOMAIN, T_A, T_AAAA, T_SOA, U32, Query, name_to_wire, record, reply
+from .base import Result, Step
+
+NEGATIVE_TTL = 600  # how long clients may cache our NXDOMAIN (RFC 2308, through the SOA)
+LOCALHOST_TTL = 3600
+INF = float("inf")
+
+LOCAL_DOMAINS = ("home.arpa", "lan", "internal", "local")
+
+
+def _reverse_zones() -> list[str]:
+    zones = ["0.in-addr.arpa", "10.in-addr.arpa", "127.in-addr.arpa", "254.169.in-addr.arpa"]
+    zones += [f"{n}.172.in-addr.arpa" for n in range(16, 32)]
+    zones += ["168.192.in-addr.arpa", "255.255.255.255.in-addr.arpa"]
+    zones += [f"{n}.100.in-addr.arpa" for n in range(64, 128)]  # CGNAT, RFC 7793
+    zones += ["c.f.ip6.arpa", "d.f.ip6.arpa"]  # unique local fc00::/7
+    zones += [f"{n}.e.f.ip6.arpa" for n in "89ab"]  # link-local fe80::/10
+    zones += [".".join("0" * 32) + ".ip6.arpa", "1." + ".".join("0" * 31) + ".ip6.arpa"]  # ::, ::1
+    return zones
+
+
+PRIVATE_ZONES = tuple(_reverse_zones()) + LOCAL_DOMAINS
+_PRIVATE = tuple(name_to_wire(z) for z in PRIVATE_ZONES)
+
+
+def _top(wire: bytes) -> bytes:
+    """The last label of a wire name, with its length byte and the root: b"\\x04arpa\\x00"."""
+    pos = 0
+    while pos + wire[pos] + 2 < len(wire):
+        pos += wire[pos] + 1
+    return wire[pos:]
+
+
+_LOCALHOST = name_to_wire("localhost")
+_INVALID = name_to_wire("invalid")
+# The top-level labels of every zone above: the test every query pays is against these six.
+_TOP_LABELS = tuple(sorted({_top(z) for z in _PRIVATE + (_LOCALHOST, _INVALID)}))
+
+
+def _ends_with_zone(name: bytes, zone: bytes) -> bool:
+    """`name` (wire, lower-cased) is `zone` or under it, on a label boundary: the suffix test
+    alone would also take a label whose last bytes look like the zone's first length byte."""
+    if not name.endswith(zone):
+        return False
+    start = len(name) - len(zone)
+    pos = 0
+    while pos < start:
+        pos += name[pos] + 1
+    return pos == start
+
+
+def is_private_upstream(upstream: Upstream) -> bool:
+    """On the LAN (RFC 1918, unique local, link-local), so it may hear about the LAN's names.
+    Not loopback: that is often a forwarder to a public service (stubby, cloudflared)."""
+    address = ipaddress.ip_address(upstream.host)
+    if address.is_loopback:
+        return False
+    return address.is_private and not address.is_global
+
+
+def private_upstreams(setting: list[str], upstreams: list[Upstream], parse) -> list[Upstream]:
+    """The `private_upstream` setting made concrete: "auto" takes the upstreams on the LAN,
+    "none" none, anything else is a list of ADDR[:PORT] (parsed with `parse`)."""
+    if setting == ["auto"]:
+        return [u for u in upstreams if is_private_upstream(u)]
+    if setting == ["none"]:
+        return []
+    return [parse(text) for text in setting]
+
+
+def _soa() -> bytes:
+    rdata = name_to_wire("safenest.home.arpa") + name_to_wire("hostmaster.safenest.home.arpa")
+    rdata += U32.pack(1) + U32.pack(3600) + U32.pack(600) + U32.pack(86400)
+    return record(T_SOA, NEGATIVE_TTL, rdata + U32.pack(NEGATIVE_TTL))
+
+
+class LocalZones(Step):
+    def __init__(self, private: Step | None, private_names: list[str] | None = None):
+        """`private`: the link that asks the private upstream (a Forwarding), or None to answer
+        NXDOMAIN here. `private_names`: how to describe it in the start-up log."""
+        self.private = private
+        self.private_names = private_names or []
+        self.answered = 0  # answered here (NXDOMAIN, localhost)
+        self.sent_private = 0
+        self._soa = _soa()
+        self._localhost = {
+            T_A: record(T_A, LOCALHOST_TTL, bytes([127, 0, 0, 1])),
+            T_AAAA: record(T_AAAA, LOCALHOST_TTL, bytes(15) + b"\x01"),
+        }
+
+    def describe(self) -> str:
+        where = (
+            "asked of " + ", ".join(self.private_names)
+            if self.private is not None
+            else "answered NXDOMAIN here (no upstream on the LAN; see private_upstream)"
+        )
+        return (
+            "LocalZones: private reverse lookups, dotless names and home.arpa/lan/internal/local "
+            f"{where}; localhost and invalid answered here"
+        )
+
+    def __call__(self, query: Query) -> Result:
+        q = query.qname_key
+        if q.endswith(_TOP_LABELS):
+            return self._zone(query, q)
+        if len(q) == q[0] + 2 and q[0] and query.qtype in (T_A, T_AAAA):
+            return self._private(query)  # a dotless name: a device on the LAN, not a TLD
+        return self.next(query)
+
+    def _zone(self, query: Query, q: bytes) -> Result:
+        if _ends_with_zone(q, _LOCALHOST):
+            self.answered += 1
+            found = self._localhost.get(query.qtype)
+            if found is not None:
+                wire = reply(query, NOERROR, found, 1)
+            else:
+                wire = reply(query, NOERROR, authority=self._soa, nscount=1)
+            return Answer(wire, AnswerKind.LOCAL, "localhost (RFC 6761)", INF)
+        if _ends_with_zone(q, _INVALID):
+            return self._nxdomain(query, "invalid (RFC 6761)")
+        if q.endswith(_PRIVATE):  # one C call: most reverse lookups are of public addresses
+            for zone in _PRIVATE:
+                if _ends_with_zone(q, zone):
+                    return self._private(query)
+        return self.next(query)  # a suffix match across labels: an ordinary name
+
+    def _private(self, query: Query) -> Result:
+        if self.private is not None:
+            self.sent_private += 1
+            return self.private(query)
+        return self._nxdomain(query, "local name: not sent upstream")
+
+    def _nxdomain(self, query: Query, reason: str) -> Answer:
+        self.answered += 1
+        wire = reply(query, NXDOMAIN, authority=self._soa, nscount=1)
+        # The same bytes (but the ID) every time: the replay memo may keep it.
+        return Answer(wire, AnswerKind.LOCAL, reason, INF)
