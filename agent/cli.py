@@ -101,6 +101,29 @@ def _what_is_answered(decision, qtype: int, block_mode: str, cap: int | None) ->
     return {"nxdomain": "NXDOMAIN (no such name)"}.get(how, "no records (NODATA)")
 
 
+def _local_answer(settings, wire_name: bytes, qtype: int) -> tuple[str, str] | None:
+    """(reason, answer) for a name the LocalZones link keeps on the LAN; None for the others."""
+    from .dns.steps.local_zones import REASONS, local_zone, private_upstreams
+    from .dns.upstream import parse_upstream
+    from .upstreams import choose_upstreams
+
+    zone = local_zone(wire_name, qtype)
+    if zone is None:
+        return None
+    if zone == "localhost":
+        return REASONS[zone], "127.0.0.1 / ::1 (answered here)"
+    if zone == "private":
+        try:
+            upstreams = choose_upstreams(settings.upstream, settings.resolv_conf, [])
+        except ValueError:
+            upstreams = []
+        private = private_upstreams(settings.private_upstream, upstreams, parse_upstream)
+        if private:
+            where = ", ".join(map(str, private))
+            return f"local name: asked of {where}", f"{where}'s answer (the LAN's own resolver)"
+    return REASONS[zone], "NXDOMAIN (no such name), answered here"
+
+
 @main.command()
 @click.argument("domain")
 @click.option(
@@ -160,9 +183,14 @@ def explain(domain, client, at, qtype, config, data) -> None:
         mac = neighbours.lookup(client)
     profile = snapshot.profile_for(client or "", mac)
     decision = decide(to_wire(name), rtype, profile, when, snapshot)
+    answer = _what_is_answered(decision, rtype, settings.block_mode, snapshot.ttl_cap(profile.id, when))
+    reason = decision.reason
+    local = _local_answer(settings, to_wire(name), rtype) if decision.action == "allow" else None
+    if local is not None:  # the policy lets it through; the LocalZones link answers it
+        reason, answer = local
     click.echo(f"{name}: {decision.explain()}")
-    click.echo(f"reason: {decision.reason}")
-    click.echo(f"answer: {_what_is_answered(decision, rtype, settings.block_mode, snapshot.ttl_cap(profile.id, when))}")
+    click.echo(f"reason: {reason}")
+    click.echo(f"answer: {answer}")
     device = f"client {client}" + (f" (MAC {mac})" if mac else "") if client else "an unknown device"
     click.echo(f"profile: {profile.id} ({profile.name}), for {device}")
     click.echo(f"at: {when.isoformat(timespec='minutes')} ({snapshot.policy.timezone})")

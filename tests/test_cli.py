@@ -585,6 +585,27 @@ def test_explain_an_allowed_name(safenest, tmp_path):
     assert "blocked" not in child.stdout
 
 
+@pytest.mark.parametrize(
+    ("private", "reason", "answer"),
+    [
+        ("none", "local name: not sent upstream", "NXDOMAIN (no such name), answered here"),
+        ("192.168.1.1", "local name: asked of 192.168.1.1:53", "192.168.1.1:53's answer"),
+    ],
+)
+def test_explain_a_name_that_stays_on_the_lan(safenest, tmp_path, private, reason, answer):
+    # The same reason the LocalZones link gives the query log (agent/dns/steps/local_zones.py).
+    env = {"SAFENEST_PRIVATE_UPSTREAM": private}
+    child = run_to_end(
+        safenest, "explain", "20.1.168.192.in-addr.arpa", "--type", "PTR",
+        "--data", str(tmp_path / "d"), env=env,
+    )
+    assert child.proc.returncode == 0, child.stderr
+    assert f"reason: {reason}\n" in child.stdout
+    assert f"answer: {answer}" in child.stdout
+    local = run_to_end(safenest, "explain", "app.localhost", "--data", str(tmp_path / "d"), env=env)
+    assert "reason: localhost (RFC 6761)" in local.stdout
+
+
 def test_explain_with_safenest_data_instead_of_data(safenest, tmp_path):
     data = tmp_path / "via-env"
     child = run_to_end(safenest, "explain", "www.adult.test", env={"SAFENEST_DATA": str(data)})

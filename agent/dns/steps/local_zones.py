@@ -92,6 +92,31 @@ def private_upstreams(setting: list[str], upstreams: list[Upstream], parse) -> l
     return [parse(text) for text in setting]
 
 
+# The reason each kind of local name is answered with (the query log, `safenest explain`).
+REASONS = {
+    "private": "local name: not sent upstream",
+    "localhost": "localhost (RFC 6761)",
+    "invalid": "invalid (RFC 6761)",
+}
+
+
+def local_zone(q: bytes, qtype: int) -> str | None:
+    """What a lower-cased wire name is: "localhost", "invalid", "private" (a name of the LAN's)
+    or None (an ordinary name, for the upstreams)."""
+    if q.endswith(_TOP_LABELS):
+        if _ends_with_zone(q, _LOCALHOST):
+            return "localhost"
+        if _ends_with_zone(q, _INVALID):
+            return "invalid"
+        # One C call first: most reverse lookups are of public addresses.
+        if q.endswith(_PRIVATE) and any(_ends_with_zone(q, zone) for zone in _PRIVATE):
+            return "private"
+        return None  # a suffix match across labels: an ordinary name
+    if len(q) == q[0] + 2 and q[0] and qtype in (T_A, T_AAAA):
+        return "private"  # a dotless name: a device on the LAN, not a TLD
+    return None
+
+
 def _soa() -> bytes:
     rdata = name_to_wire("safenest.home.arpa") + name_to_wire("hostmaster.safenest.home.arpa")
     rdata += U32.pack(1) + U32.pack(3600) + U32.pack(600) + U32.pack(86400)
@@ -125,34 +150,28 @@ class LocalZones(Step):
 
     def __call__(self, query: Query) -> Result:
         q = query.qname_key
-        if q.endswith(_TOP_LABELS):
-            return self._zone(query, q)
-        if len(q) == q[0] + 2 and q[0] and query.qtype in (T_A, T_AAAA):
-            return self._private(query)  # a dotless name: a device on the LAN, not a TLD
-        return self.next(query)
-
-    def _zone(self, query: Query, q: bytes) -> Result:
-        if _ends_with_zone(q, _LOCALHOST):
-            self.answered += 1
-            found = self._localhost.get(query.qtype)
-            if found is not None:
-                wire = reply(query, NOERROR, found, 1)
-            else:
-                wire = reply(query, NOERROR, authority=self._soa, nscount=1)
-            return Answer(wire, AnswerKind.LOCAL, "localhost (RFC 6761)", INF)
-        if _ends_with_zone(q, _INVALID):
-            return self._nxdomain(query, "invalid (RFC 6761)")
-        if q.endswith(_PRIVATE):  # one C call: most reverse lookups are of public addresses
-            for zone in _PRIVATE:
-                if _ends_with_zone(q, zone):
-                    return self._private(query)
-        return self.next(query)  # a suffix match across labels: an ordinary name
+        if not q.endswith(_TOP_LABELS) and len(q) != q[0] + 2:
+            return self.next(query)  # nearly every name: one C call and one length test
+        zone = local_zone(q, query.qtype)
+        if zone is None:
+            return self.next(query)
+        if zone == "private":
+            return self._private(query)
+        if zone == "invalid":
+            return self._nxdomain(query, REASONS["invalid"])
+        self.answered += 1
+        found = self._localhost.get(query.qtype)
+        if found is not None:
+            wire = reply(query, NOERROR, found, 1)
+        else:
+            wire = reply(query, NOERROR, authority=self._soa, nscount=1)
+        return Answer(wire, AnswerKind.LOCAL, REASONS["localhost"], INF)
 
     def _private(self, query: Query) -> Result:
         if self.private is not None:
             self.sent_private += 1
             return self.private(query)
-        return self._nxdomain(query, "local name: not sent upstream")
+        return self._nxdomain(query, REASONS["private"])
 
     def _nxdomain(self, query: Query, reason: str) -> Answer:
         self.answered += 1
