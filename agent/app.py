@@ -45,7 +45,7 @@ from .dns.steps.local_names import LocalNames
 from .dns.steps.local_zones import LocalZones, private_upstreams
 from .dns.steps.policy import Policy
 from .dns.steps.special_queries import SpecialQueries
-from .dns.upstream import Forwarder, parse_upstream
+from .dns.upstream import Forwarder
 from .feed.schedule import FeedSync
 from .lists import compile_lists, last_good, load_lists
 from .querylog import QueryLog
@@ -120,7 +120,7 @@ class Agent:
         )
         self.forwarder = Forwarder(self.upstreams, s.upstream_timeout, s.query_timeout, s.upstream_recheck_seconds)
         # The router (or whoever private_upstream names) for the LAN's own names; None: NXDOMAIN.
-        private = private_upstreams(s.private_upstream, self.upstreams, parse_upstream)
+        private = private_upstreams(s.private_upstream, self.upstreams)
         self.private_forwarder = (
             Forwarder(private, s.upstream_timeout, s.query_timeout, s.upstream_recheck_seconds)
             if private

@@ -104,7 +104,6 @@ def _what_is_answered(decision, qtype: int, block_mode: str, cap: int | None) ->
 def _local_answer(settings, wire_name: bytes, qtype: int) -> tuple[str, str] | None:
     """(reason, answer) for a name the LocalZones link keeps on the LAN; None for the others."""
     from .dns.steps.local_zones import REASONS, local_zone, private_upstreams
-    from .dns.upstream import parse_upstream
     from .upstreams import choose_upstreams
 
     zone = local_zone(wire_name, qtype)
@@ -117,7 +116,7 @@ def _local_answer(settings, wire_name: bytes, qtype: int) -> tuple[str, str] | N
             upstreams = choose_upstreams(settings.upstream, settings.resolv_conf, [])
         except ValueError:
             upstreams = []
-        private = private_upstreams(settings.private_upstream, upstreams, parse_upstream)
+        private = private_upstreams(settings.private_upstream, upstreams)
         if private:
             where = ", ".join(map(str, private))
             return f"local name: asked of {where}", f"{where}'s answer (the LAN's own resolver)"

@@ -108,7 +108,7 @@ def test_a_private_upstream_gets_the_lans_names_and_its_answers_are_cached(safen
 
 def test_private_upstream_none_answers_here_even_with_a_lan_upstream():
     upstreams = [parse_upstream("192.168.1.1"), parse_upstream("1.1.1.1")]
-    assert private_upstreams(["none"], upstreams, parse_upstream) == []
+    assert private_upstreams(["none"], upstreams) == []
 
 
 def test_auto_takes_the_upstreams_on_the_lan_only():
@@ -123,7 +123,7 @@ def test_auto_takes_the_upstreams_on_the_lan_only():
             "10.0.0.1",
         )
     ]
-    chosen = private_upstreams(["auto"], upstreams, parse_upstream)
+    chosen = private_upstreams(["auto"], upstreams)
     assert [str(u) for u in chosen] == [str(upstreams[0]), str(upstreams[3]), str(upstreams[5])]
 
 

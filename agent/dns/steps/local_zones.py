@@ -21,7 +21,7 @@ from __future__ import annotations
 import ipaddress
 
 from ...model import Answer, AnswerKind
-from ..upstream import Upstream
+from ..upstream import Upstream, parse_upstream
 from ..wire import NOERROR, NXDOMAIN, T_A, T_AAAA, T_SOA, U32, Query, name_to_wire, record, reply
 from .base import Result, Step
 
@@ -82,14 +82,14 @@ def is_private_upstream(upstream: Upstream) -> bool:
     return address.is_private and not address.is_global
 
 
-def private_upstreams(setting: list[str], upstreams: list[Upstream], parse) -> list[Upstream]:
+def private_upstreams(setting: list[str], upstreams: list[Upstream]) -> list[Upstream]:
     """The `private_upstream` setting made concrete: "auto" takes the upstreams on the LAN,
-    "none" none, anything else is a list of ADDR[:PORT] (parsed with `parse`)."""
+    "none" none, anything else is a list of ADDR[:PORT]."""
     if setting == ["auto"]:
         return [u for u in upstreams if is_private_upstream(u)]
     if setting == ["none"]:
         return []
-    return [parse(text) for text in setting]
+    return [parse_upstream(text) for text in setting]
 
 
 # The reason each kind of local name is answered with (the query log, `safenest explain`).
