@@ -6,15 +6,20 @@
 1. **record() alone**: 1,000,000 calls into a QueryLog whose writer is not started (its queue
    emptied every 10,000 calls): the cost of one call on the DNS thread.
 2. **Sustained**: a QueryLog with the default settings (flush every 10 s or 1,000 entries,
-   privacy full) and its writer thread; this thread calls record() at ``--rate`` entries/s,
-   paced every 2 ms, for ``--seconds``. Measured: the mean record() cost under load, the
-   writer thread's CPU (utime + stime of its /proc/self/task/TID/stat), the bytes it wrote
-   (wchar: what SQLite handed to write(); write_bytes: what reached the block layer, from
-   /proc/self/task/TID/io), the file sizes (database + WAL), drops, and the statistics query
-   with those entries all in the current hour (its worst case: the raw rows of the hour are
-   read for the top blocked names). The lateness of the 2 ms sleeps is compared with the same
-   loop run for up to 20 s without a query log: it is how long the calling thread, like the DNS
-   thread, waited for the GIL or a CPU while the writer worked.
+   privacy full), its feeder thread and its writer process; this thread calls record() at
+   ``--rate`` entries/s, paced every 2 ms, for ``--seconds``. Measured: the mean record()
+   cost under load; the CPU of this process's query log threads (the feeder and the reader of
+   the writer's acknowledgements: utime + stime of /proc/self/task/TID/stat), which is what
+   the log still costs the DNS process besides record(); the writer process's CPU
+   (/proc/PID/stat), the bytes it wrote (wchar: what SQLite handed to write(); write_bytes:
+   what reached the block layer, from /proc/PID/io) and its memory (VmRSS, VmHWM and the
+   private RssAnon of /proc/PID/status); the file sizes (database + WAL), drops, and the
+   statistics query with those entries all in the current hour (its worst case: the raw rows
+   of the hour are read for the top blocked names). The writer's figures are read after a
+   privacy command (the level in force, set again) came back done: every entry queued before
+   it is written by then. The lateness of the 2 ms sleeps is compared with the same loop run
+   for up to 20 s without a query log: it is how long the calling thread, like the DNS thread,
+   waited for the GIL or a CPU while the log worked.
 3. **A household for ``--days`` days** at ``--per-day`` queries a day, written as the writer
    writes them with the default 10 s flush: one transaction per 10-second window that has
    entries, the top names rolled up every hour, a retention prune every hour. The day's
@@ -32,10 +37,11 @@ Writes bench/results/querylog.json. Exit status 0, or 1 when entries were droppe
 
 ``--flush-cost N [--shape mix|compact|record] [--no-flush]`` instead queues N entries (as the
 resolver hands them: ``compact`` the replayed answers' prebuilt shape, ``record`` record()'s,
-``mix`` both as the traffic says) and flushes them in batches of 1,000, after a warm-up that
-wrote the same answers once; with ``--no-flush`` the batches are dropped instead. Run both
-under ``valgrind --tool=callgrind``: the difference of the instruction counts, divided by N, is
-the writer's cost per entry (docs/performance.md, "Instruction counts").
+``mix`` both as the traffic says) and has a Writer (the writer process's work, run here in
+this process) write them in batches of 1,000, after a warm-up that wrote the same answers
+once; with ``--no-flush`` the batches are dropped instead. Run both under ``valgrind
+--tool=callgrind``: the difference of the instruction counts, divided by N, is the writer's
+cost per entry (docs/performance.md, "Instruction counts").
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ from pathlib import Path
 from agent.dns.wire import name_to_wire
 from agent.model import AnswerKind
 from agent.querylog import QueryLog, QueryLogStore
+from agent.querylog.writer import Writer
 from agent.storage.querylog import Entry, hour_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,13 +184,53 @@ class Traffic:
 
 
 def thread_cpu(tid: int) -> float:
-    fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+    """Seconds on a CPU: schedstat's nanoseconds (stat's utime + stime count 10 ms ticks)."""
+    try:
+        return int(Path(f"/proc/self/task/{tid}/schedstat").read_text().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
 
 
 def thread_io(tid: int | None = None) -> dict[str, int]:
     path = Path("/proc/thread-self/io") if tid is None else Path(f"/proc/self/task/{tid}/io")
     return {k: int(v) for k, v in (line.split(": ") for line in path.read_text().splitlines())}
+
+
+def process_cpu(pid: int) -> float:
+    """Seconds on a CPU of every thread of `pid` (schedstat's nanoseconds, else ticks)."""
+    try:
+        return sum(
+            int((task / "schedstat").read_text().split()[0]) / 1e9
+            for task in Path(f"/proc/{pid}/task").iterdir()
+        )
+    except (OSError, ValueError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime of every thread
+
+
+def process_io(pid: int) -> dict[str, int]:
+    text = Path(f"/proc/{pid}/io").read_text()
+    return {k: int(v) for k, v in (line.split(": ") for line in text.splitlines())}
+
+
+def process_memory_kib(pid: int) -> dict[str, int]:
+    """VmRSS, VmHWM (the peak), RssAnon (private memory) and RssFile (file pages, shared with
+    other processes that map the same files) of /proc/PID/status, and Pss (the resident pages
+    with each shared page divided among its users) of /proc/PID/smaps_rollup, in KiB."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+            out[key] = int(value.split()[0])
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key == "Pss":
+                out[key] = int(value.split()[0])
+    except OSError:
+        pass
+    return out
 
 
 def file_bytes(db: Path) -> int:
@@ -285,11 +332,21 @@ def sustained(workdir: Path, wire_entries: list[tuple], rate: int, seconds: floa
     db = workdir / "sustained" / "querylog.db"
     ql = QueryLog(QueryLogStore.open(db))
     ql.start()
-    tid = ql._thread.native_id
-    cpu0, io0 = thread_cpu(tid), thread_io(tid)
+    while ql.writer_pid is None:  # the writer process opens the file and says it is ready
+        time.sleep(0.01)
+    pid = ql.writer_pid
+    memory_idle = process_memory_kib(pid)
+    threads = [ql._feeder.native_id, ql._child.reader.native_id]  # this process's share
+
+    def here_cpu() -> float:
+        return sum(thread_cpu(tid) for tid in threads)
+
+    here0, cpu0, io0 = here_cpu(), process_cpu(pid), process_io(pid)
     paced = pace(ql.record, wire_entries, rate, seconds, lambda: ql.queued)
     sent = paced["sent"]
-    cpu1, io1 = thread_cpu(tid), thread_io(tid)
+    here1 = here_cpu()
+    ql.set_privacy(ql.privacy())  # comes back when everything queued before it is written
+    cpu1, io1, memory = process_cpu(pid), process_io(pid), process_memory_kib(pid)
     ql.stop()
     counters = ql.counters()
     store = QueryLogStore.open(db)
@@ -305,6 +362,8 @@ def sustained(workdir: Path, wire_entries: list[tuple], rate: int, seconds: floa
         "record_mean_ns": paced["record_mean_ns"],
         "record_worst_tick_mean_ns": paced["record_worst_tick_mean_ns"],
         "sleep_late_us": paced["sleep_late_us"],
+        "feeder_cpu_s": round(here1 - here0, 3),
+        "feeder_cpu_per_entry_us": round((here1 - here0) / max(1, sent) * 1e6, 3),
         "writer_cpu_s": round(cpu1 - cpu0, 2),
         "writer_cpu_share": round((cpu1 - cpu0) / seconds, 3),
         "writer_cpu_per_entry_us": round((cpu1 - cpu0) / max(1, sent) * 1e6, 2),
@@ -312,6 +371,8 @@ def sustained(workdir: Path, wire_entries: list[tuple], rate: int, seconds: floa
         "writer_write_bytes_per_1000": round(
             (io1["write_bytes"] - io0["write_bytes"]) / sent * 1000
         ),
+        "writer_memory_idle_kib": memory_idle,
+        "writer_memory_kib": memory,
         "file_bytes": file_bytes(db),
         "statistics_current_hour": stats,
     }
@@ -417,7 +478,9 @@ def flush_cost(workdir: Path, n: int, shape: str, flush: bool) -> float:
                     e.latency_ms,
                 )
             )
-    ql = QueryLog(QueryLogStore.open(workdir / "cost.db"), queue_entries=10**7)
+    store = QueryLogStore.open(workdir / "cost.db")
+    ql = QueryLog(store, queue_entries=10**7)  # never started: record() only builds entries
+    writer = Writer(store, levels=("full", {}))
 
     def fill(start: int, count: int) -> None:
         queue = ql.queue
@@ -428,14 +491,19 @@ def flush_cost(workdir: Path, n: int, shape: str, flush: bool) -> float:
             else:
                 ql.record(*item)
 
+    def write() -> None:
+        writer.add(list(ql.queue))
+        ql.queue.clear()
+        writer.flush()
+
     for start in range(0, len(items), 5_000):  # warm-up: every answer met once
         fill(start, 5_000)
-        ql._flush()
+        write()
     t0 = time.thread_time()
     for start in range(0, n, 1_000):
         fill(start, 1_000)
         if flush:
-            ql._flush()
+            write()
         else:
             ql.queue.clear()
     return (time.thread_time() - t0) / max(1, n) * 1e6

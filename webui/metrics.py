@@ -171,8 +171,14 @@ class SafeNestCollector:
         c = ql.counters()
         yield CounterMetricFamily(
             "safenest_querylog_dropped",
-            "Query log entries dropped because the queue was full (DNS never waits for the disk).",
+            "Query log entries dropped because the queue was full (DNS never waits for the disk)"
+            " or the writer process died before writing them.",
             value=c["dropped"],
+        )
+        yield CounterMetricFamily(
+            "safenest_querylog_writer_restarts",
+            "Query log writer processes started again after one died.",
+            value=c["restarts"],
         )
         yield GaugeMetricFamily(
             "safenest_querylog_queue_entries",

@@ -1,8 +1,9 @@
 """The query log: what was asked, answered and why, kept within a privacy level and a retention.
 
-`QueryLog.record()` is called by the resolver for every answer and never waits; one writer
-thread stores batches in DATA/querylog.db (agent/storage/querylog.py holds the SQL). See
-docs/querylog.md for what is stored, the privacy levels and the retention.
+`QueryLog.record()` is called by the resolver for every answer and never waits; a writer
+process (agent/querylog/writer.py, with its own GIL) stores batches in DATA/querylog.db
+(agent/storage/querylog.py holds the SQL). See docs/querylog.md for what is stored, the
+privacy levels and the retention.
 """
 
 from ..storage.querylog import PRIVACY_LEVELS, PeriodStats, ProfileCounts, QueryLogStore

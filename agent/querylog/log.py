@@ -1,14 +1,32 @@
-"""QueryLog: the resolver hands every answer to `record()`, one writer thread stores them.
+"""QueryLog: the resolver hands every answer to `record()`; a writer process stores them.
 
 `record()` runs on the DNS event loop, so it must never wait: it appends a tuple to a
 deque (an atomic operation under the GIL, no lock) or, when the queue is full, counts a drop.
-The writer looks up the ids of each distinct answer (profile, name, type, kind, reason) once
-(QueryLogStore.write_items), so its cost per entry is small.
-The writer thread wakes every POLL seconds and writes when `flush_entries` are waiting or
-`flush_seconds` have passed, one transaction per batch (WAL; a crash loses at most the
-entries still queued). Between batches it computes the top names of each finished hour and
-prunes old rows a few batches at a time, and it runs the privacy purges the admin asks for,
-so that every write to the file comes from this one thread in a known order.
+
+Everything else happens in a child process, ``python -m agent.querylog.child``
+(agent/querylog/writer.py): turning entries into rows, the privacy levels, the batches (one
+transaction every `flush_seconds` or `flush_entries`), the roll-ups, the prunes, the purges.
+Why a process and not a thread: the GIL. The writer's Python, about 16,000 instructions an
+entry, held the GIL of the DNS process when it was a thread of it, and the DNS thread waited
+for it (at 5,000 queries/s the 99th percentile of the latency was 12 times that with the log
+off). The child has its own interpreter and GIL, and on a Pi its own core.
+
+What stays in the DNS process is one small thread, the feeder: every POLL seconds it takes
+up to CHUNK entries off the deque at a time (``popleft`` called from C, no Python per entry)
+and sends them to the child as one pickle (made in C; CHUNK entries take about 40 µs). It may
+block on a full pipe: the DNS thread never does, since the deque keeps its bound and drops.
+A second small thread reads the child's acknowledgements (its counters, the commands done).
+
+Privacy changes and a profile's deletion are `Command`s appended to the same deque as the
+entries, so the child sees them in order: the entries queued before a stricter level are
+written with the level of their time and then purged, the ones after follow the new level.
+
+If the child cannot start or dies, DNS goes on: entries wait in the deque (dropped and
+counted when it is full), the entries the child held but had not written are counted as
+dropped, the commands it had not finished are sent again, and the feeder starts a new child
+after a pause that grows (RESTART_DELAYS), logging once per outage. stop() hands over what
+is queued and waits for the child to write it and exit. A child whose parent died (SIGKILL)
+sees the end of its input, writes what it holds and exits.
 
 Privacy levels (global, or per profile, the profile's own winning):
   full          every answer is logged and counted;
@@ -23,30 +41,31 @@ is purged when it starts.
 from __future__ import annotations
 
 import logging
-import sqlite3
+import os
+import pickle
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from itertools import repeat, starmap
+from multiprocessing.connection import Connection
 from pathlib import Path
 
-from ..storage.querylog import (
-    GLOBAL,
-    KINDS_KEPT_WHEN_HIDING,
-    PRIVACY_LEVELS,
-    QueryLogStore,
-    hour_of,
-)
+from ..storage.querylog import GLOBAL, PRIVACY_LEVELS, QueryLogStore
+from .writer import PROTOCOL, Command, Writer
 
 log = logging.getLogger(__name__)
 
-POLL = 0.2  # seconds between the writer's looks at the queue
-ROLLUP_GRACE = 1.0  # an hour is rolled up by a flush that started this long after its end
-PRUNE_EVERY = 3_600.0  # seconds between two retention prunes
-STEPS_PER_CYCLE = 10  # deleting batches run between two looks at the queue
-ERROR_LOG_EVERY = 60.0  # at most one log line a minute about failing writes
+POLL = 0.1  # seconds between the feeder's looks at the queue
+CHUNK = 256  # entries per message to the writer: one pickle call holds the GIL this long
 COMMAND_WAIT = 60.0  # how long set_privacy()/delete_profile() wait for the writer
+START_WAIT = 60.0  # seconds a new writer has to open the file and say it is ready
+RESTART_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)  # before each new try, then the last
+STABLE = 60.0  # a writer that ran this long ends an outage: the next death is logged again
+CHILD_MODULE = "agent.querylog.child"
+COUNTS = 5  # consumed, written, rejected, flushes, write_errors
 
 
 def stricter(new: str, old: str) -> bool:
@@ -62,13 +81,62 @@ def _check_level(level: str) -> str:
     return level
 
 
-class _Job:
-    """A purge or prune run a few batches at a time by the writer; `done` is set at the end."""
+def _child_env() -> dict[str, str]:
+    """The environment of the writer: this checkout first on its path."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
 
-    def __init__(self, steps: Iterator[int]):
-        self.steps = steps
+
+class _Waiter:
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
         self.done = threading.Event()
         self.error: BaseException | None = None
+
+
+class _Child:
+    """One writer process, its two pipes and the thread that reads its acknowledgements."""
+
+    def __init__(self, proc: subprocess.Popen, inbox: Connection, acks: Connection):
+        self.proc = proc
+        self.inbox = inbox  # we write the stream here
+        self.acks = acks  # and read its answers here
+        self.ready = threading.Event()
+        self.gone = threading.Event()  # its answers ended: it exited (or closed them)
+        self.failed: str | None = None  # why it could not open the file
+        self.counts: tuple[int, ...] = (0,) * COUNTS  # its totals, as last acknowledged
+        self.sent = 0  # items of the stream sent to it (entries and commands)
+        self.reader: threading.Thread | None = None
+
+    def send(self, message) -> None:
+        self.inbox.send_bytes(pickle.dumps(message, PROTOCOL))
+
+    def kill(self) -> None:
+        try:
+            self.proc.kill()
+        except OSError:
+            pass
+
+    def reap(self, timeout: float) -> None:
+        """Wait for the process (killed after `timeout`) and for the end of its answers."""
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            self.proc.wait()
+        if self.reader is not None:
+            self.reader.join(5)
+        self.inbox.close()
+        self.acks.close()
+
+    def status(self) -> str:
+        code = self.proc.poll()
+        if code is None:
+            return "still running"
+        return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
 
 
 class QueryLog:
@@ -85,7 +153,10 @@ class QueryLog:
         busy_timeout: float | None = None,
         clock: Callable[[], float] = time.time,
     ):
+        # The store of this process: reading, and writing when the writer process does not run
+        # (before start(), after stop()). The writer process opens its own connection.
         self.store = store
+        self.path = Path(store.database.path)
         self.flush_seconds = flush_seconds
         self.flush_entries = max(1, flush_entries)
         self.queue_entries = max(1, queue_entries)
@@ -93,29 +164,30 @@ class QueryLog:
         self.rollup_days = rollup_days
         self.busy_timeout = busy_timeout
         self.clock = clock
-        self._queue: deque[tuple] = deque()
-        self._pending: list[tuple] = []  # drained, not yet written (the last write failed)
-        self._jobs: deque[_Job] = deque()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._queue: deque = deque()
+        self._lock = threading.Lock()  # the levels, and the order of the commands
+        self._inline = threading.Lock()  # one writer in this process at a time
+        self._commands: dict[int, Command] = {}  # queued or sent, not done yet, in order
+        self._waiters: dict[int, _Waiter] = {}
+        self._next_command = 1
+        self._feeder: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._deadline = 0.0  # monotonic: when stop() gives up on the writer
+        self._abandon = False  # stop() gave up: the feeder ends without a new writer
+        self._child: _Child | None = None
+        self._start_error = ""
+        self._base = [0] * COUNTS  # the totals of writers that ended
         # Counters, read by the metrics and the tests.
-        self.dropped = 0  # queue full
-        self.rejected = 0  # entries that could not be read (a bug upstream of us)
-        self.written = 0  # entries stored (logged or counted)
-        self.flushes = 0
-        self.write_errors = 0
-        self.cycles = 0  # the writer's loop turns
-        self.in_write = False  # the writer is inside a write (the tests watch it)
-        self._last_error_log = -ERROR_LOG_EVERY
-        self._rolled_up_until: int | None = None
-        self._epoch = 0  # changes with the privacy levels: the store asks _keep() again
-        self._flushed_at: float | None = None  # clock() when the last successful flush began
-        self._next_prune = 0.0
-        # Privacy: the profiles' own levels and the global one, as applied.
+        self.dropped = 0  # queue full (the resolver adds to it too: agent/dns/server.py)
+        self.lost = 0  # handed to a writer that died before writing them
+        self.restarts = 0  # writers started again after one died or could not start
+        # Privacy: the profiles' own levels and the global one, as set (in force for new
+        # entries), and as last applied by a writer (the levels a new writer starts with).
         saved = store.privacy_levels()
         self._global = saved.pop(GLOBAL, "full")
         self._levels: dict[str, str] = saved
-        self._set_global(_check_level(privacy), wait=False)
+        self._done_levels: tuple[str, dict[str, str]] = (self._global, dict(saved))
+        self._set_global(_check_level(privacy), wait=False, start=True)
 
     @classmethod
     def open(cls, data_dir: str | Path, settings=None, **options) -> QueryLog:
@@ -149,7 +221,7 @@ class QueryLog:
         """Queue one answered query. Never waits: when the queue is full the entry is dropped.
 
         `name` may be the lower-cased wire-format name from the packet: the writer makes the
-        text, off the DNS thread. `kind` is an AnswerKind (or its value).
+        text, in its own process. `kind` is an AnswerKind (or its value).
         """
         queue = self._queue
         if len(queue) >= self.queue_entries:
@@ -166,169 +238,327 @@ class QueryLog:
         ``(time, client, device, (profile, name, qtype, kind, reason))``, the inner tuple
         prebuilt once per remembered answer (agent/dns/replay.py). record() queues the flat
         ``(time, client, device, profile, name, qtype, kind, reason, upstream, latency_ms)``:
-        the writer slices the answer out of it, off the DNS thread."""
+        the writer slices the answer out of it, in its own process. Commands (privacy, a
+        profile's deletion) are queued here too, between the entries they follow."""
         return self._queue
 
     @property
     def queued(self) -> int:
-        return len(self._queue) + len(self._pending)
+        """Entries not written yet: in the queue, and handed to the writer but not finished."""
+        child = self._child
+        in_flight = child.sent - child.counts[0] if child is not None else 0
+        return len(self._queue) + max(0, in_flight)
 
     # -- start and stop ----------------------------------------------------------------
 
     def start(self) -> None:
-        if self._thread is not None:
+        """Start the writer process (and the feeder thread that hands it the queue)."""
+        if self._feeder is not None:
             return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="querylog-writer", daemon=True)
-        self._thread.start()
+        self.store.close()  # this thread's connection: the writer process has its own
+        self._stopping.clear()
+        self._abandon = False
+        self._feeder = threading.Thread(target=self._feed, name="querylog-feeder", daemon=True)
+        self._feeder.start()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Write what is queued and stop the writer."""
-        thread = self._thread
-        if thread is None:
-            self._flush()
+        feeder = self._feeder
+        if feeder is None:
+            self._write_here()
             return
-        self._stop.set()
-        thread.join(timeout)
-        if thread.is_alive():
+        self._deadline = time.monotonic() + timeout
+        self._stopping.set()
+        feeder.join(timeout + 5)
+        if feeder.is_alive():  # stuck sending to a writer that does not read (stopped, hung)
+            self._abandon = True
+            child = self._child
+            if child is not None:
+                child.kill()
+            feeder.join(10)
             log.warning(
                 "query log writer did not stop within %.0f s; %d entries not written",
                 timeout,
                 self.queued,
             )
+            self._feeder = None
             return
-        self._thread = None
+        self._feeder = None
+        if self._queue or self._unsent_commands():
+            self._write_here()  # the writer could not be started again: this process writes
 
     def _running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        """The feeder runs (a command queued now is the writer's, or stop()'s)."""
+        return self._feeder is not None
 
-    # -- the writer thread ---------------------------------------------------------------
+    @property
+    def writer_pid(self) -> int | None:
+        """The writer process's id (None while there is none)."""
+        child = self._child
+        return child.proc.pid if child is not None else None
 
-    def _run(self) -> None:
-        if self.busy_timeout is not None:
-            self.store.conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
-        next_flush = time.monotonic() + self.flush_seconds
+    # -- the feeder thread -----------------------------------------------------------------
+
+    def _feed(self) -> None:
+        failures = 0  # in a row: writers that could not start, or died before STABLE
+        tries_after_stop = 0  # a writer that dies while stopping is started once more
+        told = False  # this outage was logged
+        told_back = False  # and its end too
+        try:
+            while not self._abandon:
+                child = self._spawn()
+                if child is None:
+                    failures += 1
+                    if not told:
+                        told = True
+                        log.error(
+                            "query log: cannot start the writer process (%s); DNS goes on, "
+                            "entries wait in the queue (dropped and counted when it is full); "
+                            "trying again",
+                            self._start_error,
+                        )
+                    if self._stopping.is_set():
+                        return  # stop() writes the rest in this process
+                    self._stopping.wait(RESTART_DELAYS[min(failures, len(RESTART_DELAYS)) - 1])
+                    continue
+                if told and not told_back:
+                    told_back = True
+                    log.warning("query log: writer process running again (pid %d)", child.proc.pid)
+                started = time.monotonic()
+                if self._stopping.is_set():
+                    tries_after_stop += 1
+                stopped = self._pump(child)
+                lost = self._bury(child)
+                if stopped or self._abandon or tries_after_stop >= 2:
+                    return  # (after two deaths while stopping, stop() writes the rest here)
+                self.restarts += 1
+                if time.monotonic() - started >= STABLE:
+                    failures, told, told_back = 0, False, False
+                failures += 1
+                if not told:
+                    told = True
+                    log.error(
+                        "query log: the writer process (pid %d) ended (%s) with %d entries not "
+                        "written (counted as dropped); DNS goes on, starting a new one",
+                        child.proc.pid,
+                        child.status(),
+                        lost,
+                    )
+                self._stopping.wait(RESTART_DELAYS[min(failures, len(RESTART_DELAYS)) - 1])
+        except Exception:
+            log.exception("query log: the feeder stopped by an error; entries are not written")
+
+    def _spawn(self) -> _Child | None:
+        """A new writer process, ready; None when it could not start (`_start_error` says why)."""
+        r_in, w_in = os.pipe()  # the stream: we write, the child reads
+        r_out, w_out = os.pipe()  # its answers
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", CHILD_MODULE, str(r_in), str(w_out)],
+                pass_fds=(r_in, w_out),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                env=_child_env(),
+                close_fds=True,
+            )
+        except OSError as exc:
+            for fd in (w_in, r_out):
+                os.close(fd)
+            self._start_error = str(exc)
+            return None
+        finally:
+            os.close(r_in)
+            os.close(w_out)
+        child = _Child(proc, Connection(w_in, readable=False), Connection(r_out, writable=False))
+        child.reader = threading.Thread(
+            target=self._read, args=(child,), name="querylog-acks", daemon=True
+        )
+        child.reader.start()
+        try:
+            child.send(
+                {
+                    "path": str(self.path),
+                    "now": self.clock(),
+                    "levels": self._done_levels,
+                    "flush_seconds": self.flush_seconds,
+                    "flush_entries": self.flush_entries,
+                    "queue_entries": self.queue_entries,
+                    "raw_days": self.raw_days,
+                    "rollup_days": self.rollup_days,
+                    "busy_timeout": self.busy_timeout,
+                    "log_level": logging.getLogger("agent").getEffectiveLevel(),
+                }
+            )
+        except OSError:
+            pass  # it died at once: seen below
+        deadline = time.monotonic() + START_WAIT
+        while not child.ready.wait(0.05):
+            if child.gone.is_set() or time.monotonic() > deadline or self._abandon:
+                child.kill()
+                child.reap(5)
+                self._start_error = child.failed or (
+                    child.status() if child.gone.is_set() else "not ready in time"
+                )
+                return None
+        with self._lock:
+            self._child = child
+        return child
+
+    def _read(self, child: _Child) -> None:
+        """The acknowledgements of one writer, until it exits."""
         try:
             while True:
-                stopping = self._stop.wait(POLL)
-                now = time.monotonic()
-                if stopping or len(self._queue) >= self.flush_entries or now >= next_flush:
-                    ok = self._flush()
-                    # After a failure, retry at the next interval rather than hammering the card.
-                    next_flush = now + self.flush_seconds
-                    if stopping:
-                        if ok and self._queue:
-                            self._flush()  # what arrived during the last write
-                        self._run_jobs(None)  # a purge asked for must not be left half done
-                        break
-                self._maintain()
-                self.cycles += 1
+                message = pickle.loads(child.acks.recv_bytes())
+                what = message[0]
+                if what == "counts":
+                    child.counts = message[1:]
+                elif what == "done":
+                    self._done(message[1], message[2])
+                elif what == "ready":
+                    child.ready.set()
+                elif what == "failed":
+                    child.failed = message[1]
+        except (EOFError, OSError):
+            pass
         except Exception:
-            log.exception("query log writer stopped by an error")
+            log.exception("query log: unreadable answer from the writer process")
+            child.kill()
         finally:
-            self.store.close()
+            child.gone.set()
 
-    def _flush(self) -> bool:
-        """Write everything queued in one transaction; False (entries kept) when it failed."""
-        started = self.clock()
-        batch, queue = self._pending, self._queue
-        # popleft() called from C, not a Python loop: the DNS thread appends meanwhile, safely.
-        batch += starmap(
-            queue.popleft, repeat((), min(len(queue), self.queue_entries - len(batch)))
-        )
-        if not batch:
-            self._after_flush(started)
-            return True
-        self.in_write = True
+    def _pump(self, child: _Child) -> bool:
+        """Hand the stream to `child` until it dies (False) or stop() (True, once it exited)."""
+        queue = self._queue
         try:
-            counted, rejected = self.store.write_items(batch, self._keep, self._epoch)
-        except (sqlite3.Error, OSError) as exc:
-            self.write_errors += 1
-            now = time.monotonic()
-            if now - self._last_error_log >= ERROR_LOG_EVERY:
-                self._last_error_log = now
-                log.error("query log: cannot write %d entries (kept to retry): %s", len(batch), exc)
-            return False
-        finally:
-            self.in_write = False
-        self._pending = []
-        self.written += counted
-        self.rejected += rejected
-        self.flushes += 1
-        self._after_flush(started)
-        return True
+            redo = self._unsent_commands()  # sent to a writer that died before doing them
+            if redo:
+                child.send((self.clock(), redo))
+                child.sent += len(redo)
+            while not child.gone.is_set():
+                if self._stopping.is_set():
+                    left = len(queue)  # what the resolver queued before stop()
+                    while left > 0 and queue:
+                        left -= self._send_chunk(child)
+                    child.send((self.clock(), None))  # write what you have and exit
+                    child.reap(max(0.5, self._deadline - time.monotonic()))
+                    return True
+                if not queue or not self._send_chunk(child):
+                    self._stopping.wait(POLL)
+        except (OSError, ValueError):
+            pass  # the pipe broke: the child died
+        return False
 
-    def _after_flush(self, started: float) -> None:
-        self._flushed_at = started
+    def _send_chunk(self, child: _Child) -> int:
+        """Send up to CHUNK queued items; returns how many."""
+        queue = self._queue
+        # popleft() called from C, not a Python loop: the DNS thread appends meanwhile, safely.
+        chunk = list(starmap(queue.popleft, repeat((), min(len(queue), CHUNK))))
+        if not chunk:
+            return 0
+        try:
+            child.send((self.clock(), chunk))
+        except BaseException:
+            queue.extendleft(reversed(chunk))  # not sent: back in front, in order
+            raise
+        child.sent += len(chunk)
+        return len(chunk)
 
-    def _keep(self, profile: str, kind: str) -> bool | None:
-        """What the privacy level of `profile` does with an answer of `kind`: True to log it,
-        False to count it only, None for neither. The store asks once per distinct answer."""
-        level = self._levels.get(profile, self._global)
-        if level == "full":
-            return True
-        if level == "hide_allowed":
-            return kind in KINDS_KEPT_WHEN_HIDING
-        return None if level == "off" else False
+    def _bury(self, child: _Child) -> int:
+        """After a writer ended: its totals kept, what it held counted as lost; returns that."""
+        child.kill()  # when it is alive but its pipe broke
+        child.reap(5)
+        unsent = len(self._unsent_commands())  # sent to it but not done: sent again
+        with self._lock:
+            for i, n in enumerate(child.counts):
+                self._base[i] += n
+            lost = max(0, child.sent - child.counts[0] - unsent)
+            self.lost += lost
+            self._child = None
+        return lost
 
-    def _maintain(self) -> None:
-        """Roll up finished hours, then run a few deleting batches of the jobs and the prune."""
-        flushed_at = self._flushed_at
-        if flushed_at is not None:
-            until = hour_of(flushed_at - ROLLUP_GRACE)
-            if self._rolled_up_until is None or until > self._rolled_up_until:
+    def _unsent_commands(self) -> list[Command]:
+        """The commands not done and no longer in the queue: a writer took them and died."""
+        with self._lock:
+            if not self._commands:
+                return []
+            while True:
                 try:
-                    self.store.roll_up(until)
-                    self._rolled_up_until = until
-                except sqlite3.Error as exc:
-                    log.warning("query log: roll-up of finished hours failed, will retry: %s", exc)
-        now = time.monotonic()
-        if now >= self._next_prune:
-            self._next_prune = now + PRUNE_EVERY
-            self._jobs.append(_Job(self._prune_steps()))
-        self._run_jobs(STEPS_PER_CYCLE)
+                    queued = set(map(id, self._queue))
+                    break
+                except RuntimeError:  # the deque changed while it was read: read it again
+                    continue
+            return [c for c in self._commands.values() if id(c) not in queued]
 
-    def _prune_steps(self) -> Iterator[int]:
-        pruned = 0
-        for deleted in self.store.prune(self.clock(), self.raw_days, self.rollup_days):
-            pruned += deleted
-            yield deleted
-        if pruned:
-            yield self.store.forget_unused()
+    # -- writing in this process (never started, or stopped) -------------------------------
 
-    def _run_jobs(self, steps: int | None) -> None:
-        while self._jobs and (steps is None or steps > 0):
-            job = self._jobs[0]
+    def _write_here(self) -> None:
+        """Write the queue and run its commands in this process, as the writer would."""
+        with self._inline:
+            writer = Writer(
+                self.store,
+                levels=self._done_levels,
+                flush_seconds=self.flush_seconds,
+                flush_entries=self.flush_entries,
+                raw_days=self.raw_days,
+                rollup_days=self.rollup_days,
+                clock=self.clock,
+            )
+            items: list = self._unsent_commands()
+            queue = self._queue
+            items += starmap(queue.popleft, repeat((), len(queue)))
             try:
-                next(job.steps)
-                if steps is not None:
-                    steps -= 1
-                continue
-            except StopIteration:
-                pass
-            except Exception as exc:  # the job ends; the writer goes on
-                job.error = exc
-                log.error("query log: %s", exc)
-            self._jobs.popleft()
-            job.done.set()
-
-    def _submit(self, steps: Iterator[int], wait: bool = True) -> bool:
-        """Run a deleting job on the writer thread (or here when it is not running)."""
-        job = _Job(steps)
-        if not self._running():
-            self._jobs.append(job)
-            self._run_jobs(None)
-        else:
-            self._jobs.append(job)
-            if not wait:
-                return False
-            if not job.done.wait(COMMAND_WAIT):
-                return False
-        if job.error is not None:
-            raise job.error
-        return True
+                start = 0
+                for i, item in enumerate(items):
+                    if item.__class__ is Command:
+                        writer.add(items[start:i])
+                        start = i + 1
+                        writer.flush()
+                        self._done(item.id, writer.run(item))
+                writer.add(items[start:])
+                if not writer.flush():
+                    log.error("query log: %d entries not written", len(writer.pending))
+                    self.lost += len(writer.pending)
+            finally:
+                with self._lock:
+                    self._base[1] += writer.written
+                    self._base[2] += writer.rejected
+                    self._base[3] += writer.flushes
+                    self._base[4] += writer.write_errors
 
     # -- privacy and deletion ------------------------------------------------------------
+
+    def _done(self, command_id: int, error: BaseException | None) -> None:
+        """A command was done (by the writer process, or here)."""
+        with self._lock:
+            command = self._commands.pop(command_id, None)
+            waiter = self._waiters.pop(command_id, None)
+            if command is not None and command.op == "privacy" and error is None:
+                self._done_levels = command.levels
+        if waiter is not None:
+            waiter.error = error
+            waiter.done.set()
+
+    def _queue_command(self, op: str, profile: str | None, **fields) -> _Waiter:
+        """Append a command to the queue (the caller holds `_lock`)."""
+        command = Command(self._next_command, op, profile, **fields)
+        self._next_command += 1
+        waiter = self._waiters[command.id] = _Waiter()
+        self._commands[command.id] = command
+        self._queue.append(command)  # never dropped, whatever the bound
+        return waiter
+
+    def _await(self, waiter: _Waiter, wait: bool) -> bool:
+        if not self._running():
+            if not wait:
+                return False  # runs when the writer starts, or at stop()
+            self._write_here()
+        elif not wait or not waiter.done.wait(COMMAND_WAIT):
+            return False
+        if not waiter.done.is_set():
+            return False
+        if waiter.error is not None:
+            raise waiter.error
+        return True
 
     def privacy(self, profile: str | None = None) -> str:
         """The level in force for `profile` (None: the global level)."""
@@ -339,55 +569,92 @@ class QueryLog:
     def set_privacy(self, level: str | None, profile: str | None = None, wait: bool = True) -> bool:
         """Set the global level, or a profile's own (None removes the profile's own level).
 
-        A stricter level purges what it would not have kept. Returns True when the purge (if
-        any) is done, False when it still runs on the writer thread.
+        New entries follow it at once; entries queued before keep the level of their time. A
+        stricter level purges what it would not have kept, after those entries are written.
+        Returns True when that is done, False when the writer still has it to do (`wait`
+        False, or COMMAND_WAIT passed).
         """
         if profile is None:
             if level is None:
                 raise ValueError("the global privacy level cannot be removed")
             return self._set_global(_check_level(level), wait)
-        old = self.privacy(profile)
-        if level is None:
-            self._levels.pop(profile, None)
-        else:
-            self._levels[profile] = _check_level(level)
-        new = self.privacy(profile)
-        self._epoch += 1
+        if level is not None:
+            _check_level(level)
+        with self._lock:
+            old = self.privacy(profile)
+            if level is None:
+                self._levels.pop(profile, None)
+            else:
+                self._levels[profile] = level
+            new = self.privacy(profile)
+            waiter = self._queue_command(
+                "privacy",
+                profile,
+                level=level,
+                levels=(self._global, dict(self._levels)),
+                purge=(new, [profile], ()) if stricter(new, old) else None,
+            )
+        return self._await(waiter, wait)
 
-        def steps() -> Iterator[int]:
-            self.store.save_privacy_level(profile, level)
-            yield 0
-            if stricter(new, old):
-                yield from self.store.purge(new, [profile])
-
-        return self._submit(steps(), wait)
-
-    def _set_global(self, level: str, wait: bool) -> bool:
-        old = self._global
-        self._global = level  # new entries follow it from now on
-        self._epoch += 1
-        keep = list(self._levels)
-
-        def steps() -> Iterator[int]:
-            self.store.save_privacy_level(GLOBAL, level)
-            yield 0
-            if stricter(level, old):
-                yield from self.store.purge(level, None, keep)
-
-        return self._submit(steps(), wait)
+    def _set_global(self, level: str, wait: bool, start: bool = False) -> bool:
+        with self._lock:
+            old = self._global
+            if start and level == old:
+                return True  # as saved (or the default, full, on a new file): nothing to do
+            self._global = level  # new entries follow it from now on
+            waiter = self._queue_command(
+                "privacy",
+                None,
+                level=level,
+                levels=(level, dict(self._levels)),
+                purge=(level, None, list(self._levels)) if stricter(level, old) else None,
+            )
+        return self._await(waiter, wait)
 
     def delete_profile(self, profile: str, wait: bool = True) -> bool:
-        """Delete one profile's whole history: raw entries, counts and top names."""
-        return self._submit(self.store.delete_profile(profile), wait)
+        """Delete one profile's whole history: raw entries, counts and top names (the entries
+        queued before included; the ones queued after are kept)."""
+        with self._lock:
+            waiter = self._queue_command("delete", profile)
+        return self._await(waiter, wait)
 
     # -- reading (any thread) -----------------------------------------------------------
 
+    def _total(self, i: int) -> int:
+        with self._lock:
+            child = self._child
+            return self._base[i] + (child.counts[i] if child is not None else 0)
+
+    @property
+    def written(self) -> int:
+        """Entries stored (logged or counted)."""
+        return self._total(1)
+
+    @property
+    def rejected(self) -> int:
+        """Entries that could not be read (a bug upstream of us)."""
+        return self._total(2)
+
+    @property
+    def flushes(self) -> int:
+        return self._total(3)
+
+    @property
+    def write_errors(self) -> int:
+        return self._total(4)
+
     def counters(self) -> dict[str, int]:
+        """`dropped` counts the entries the queue had no room for and those a writer process
+        held when it died."""
+        with self._lock:
+            child = self._child
+            counts = [b + (child.counts[i] if child else 0) for i, b in enumerate(self._base)]
         return {
             "queued": self.queued,
-            "dropped": self.dropped,
-            "rejected": self.rejected,
-            "written": self.written,
-            "flushes": self.flushes,
-            "write_errors": self.write_errors,
+            "dropped": self.dropped + self.lost,
+            "rejected": counts[2],
+            "written": counts[1],
+            "flushes": counts[3],
+            "write_errors": counts[4],
+            "restarts": self.restarts,
         }

@@ -50,9 +50,10 @@ from ..dns.wire import name_to_text
 from .db import Database, Migration
 
 TOP_NAMES = 20  # names kept per rollup key and hour
-# Entries turned into rows between two INSERT statements. sqlite3 releases the GIL while a
-# statement runs, so the DNS thread gets it at least that often; each hand-over costs both
-# threads a futex wake and a context switch, so it is not offered more often (no sleep(0)).
+# Entries turned into rows between two INSERT statements (one statement per SLICE rows: few
+# sqlite3_step calls). The writer runs in its own process (agent/querylog/writer.py), so its
+# GIL is not the DNS thread's; when it ran as a thread of the DNS process, this was also how
+# often the DNS thread got the GIL back.
 SLICE = 256
 PAGE_SIZE = 1024  # bytes per page of a new file: fewer bytes written per small commit
 ANSWERS = 50_000  # distinct answers whose ids are remembered
@@ -244,7 +245,8 @@ ROLLUP_COLUMNS = ("hour", "profile", "kind", "category", "queries", "top_names")
 class QueryLogStore:
     """All reads and writes of DATA/querylog.db.
 
-    `write` is meant for one thread (QueryLog's writer): it caches the ids of names and terms,
+    `write` is meant for one writer (the query log's writer process, agent/querylog/writer.py,
+    or QueryLog itself while that process does not run): it caches the ids of names and terms,
     and drops that cache when another connection has committed (``PRAGMA data_version``) or
     when this store deleted names or terms itself.
     """
@@ -267,8 +269,11 @@ class QueryLogStore:
         self._legacy_epoch = 0
 
     @classmethod
-    def open(cls, path: str | Path) -> QueryLogStore:
-        return cls(Database(path, MIGRATIONS, page_size=PAGE_SIZE))
+    def open(cls, path: str | Path, migrate: bool = True) -> QueryLogStore:
+        """The file at `path`, created or migrated; with `migrate` False a file that is
+        known to be (the query log's writer process: QueryLog opened it first), opened
+        without taking the write lock, which another connection may hold for a while."""
+        return cls(Database(path, MIGRATIONS if migrate else (), page_size=PAGE_SIZE))
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -365,6 +370,13 @@ class QueryLogStore:
         return info
 
     # -- writing -----------------------------------------------------------------------
+
+    def resume_ids(self) -> None:
+        """Go on after the largest id in the file, whoever wrote it (an earlier writer, one
+        restarted within the same millisecond): new rows then need no collision retry."""
+        largest = self.conn.execute("SELECT max(id) FROM queries").fetchone()[0]
+        if largest is not None and largest > self._last_id:
+            self._last_id = largest
 
     def write(self, counted: Sequence[Entry], raw: Sequence[Entry]) -> None:
         """One transaction: `raw` entries into the log, `counted` entries into the rollups.
