@@ -442,8 +442,13 @@ class QueryLog:
                     child.send((self.clock(), None))  # write what you have and exit
                     child.reap(max(0.5, self._deadline - time.monotonic()))
                     return True
-                if not queue or not self._send_chunk(child):
-                    self._stopping.wait(POLL)
+                # What is queued now, then a pause: later arrivals wait for the next look. (Sending
+                # until the queue is empty spun at high rates: chunks of one or two entries, each a
+                # pickle, a write and a trip for the GIL the DNS thread needs.)
+                left = len(queue)
+                while left > 0 and queue:
+                    left -= self._send_chunk(child)
+                self._stopping.wait(POLL)
         except (OSError, ValueError):
             pass  # the pipe broke: the child died
         return False
