@@ -465,8 +465,9 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> int:
     # the cache fills with objects that live for minutes.
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
-    # The query log's writer and the admin server are Python threads: by default a thread that
-    # wants the GIL waits up to 5 ms for the holder to let go, which the DNS thread must not.
+    # The admin server and the query log's feeder are Python threads (its writer is a process):
+    # by default a thread that wants the GIL waits up to 5 ms for the holder to let go, which
+    # the DNS thread must not.
     sys.setswitchinterval(SWITCH_INTERVAL)
     if ready is not None:
         ready.set()
