@@ -880,7 +880,8 @@ def main(argv: list[str] | None = None) -> int:
     if error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    return 0
+    # A missed target is a failed benchmark, as in the other modules `make bench` runs.
+    return 1 if any(v["status"] == "FAIL" for v in verdicts) else 0
 
 
 def _json_default(o):
