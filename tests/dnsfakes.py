@@ -28,6 +28,15 @@ from agent.settings import load_settings
 # ---------------------------------------------------------------- fake upstream
 
 
+def wait_until(condition, what: str, timeout: float = 30.0) -> None:
+    """Poll `condition` until it is true; AssertionError naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.01)
+
+
 def _socket_pair(host: str) -> tuple[socket.socket, socket.socket]:
     """A UDP socket on a port the OS picks and a TCP socket on the same port. That port may
     be taken for TCP (another test's connection): then another is tried."""

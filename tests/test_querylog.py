@@ -29,17 +29,10 @@ from agent.querylog import (
 )
 from agent.settings import load_settings
 from agent.storage.querylog import BATCH, TOP_NAMES, Entry, hour_of
+from tests.dnsfakes import wait_until
 
 NOW = 1_790_000_000.0  # a fixed clock: 2026-09-21, in the middle of an hour
 HOUR = 3600
-
-
-def wait_until(condition, what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.01)
 
 
 @pytest.fixture

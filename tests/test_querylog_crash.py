@@ -33,7 +33,7 @@ import dns.query
 
 from agent.model import AnswerKind
 from agent.querylog import QueryLog, QueryLogStore
-from tests.dnsfakes import free_port
+from tests.dnsfakes import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,14 +79,6 @@ def wait_gone(pid: int, timeout: float = 30.0) -> None:
             os.kill(pid, signal.SIGKILL)
             raise AssertionError(f"process {pid} still runs {timeout:g} s after its parent died")
         time.sleep(0.02)
-
-
-def wait_until(condition, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.01)
 
 
 def writers_of(pid: int) -> list[int]:
