@@ -149,10 +149,7 @@ class Agent:
             self.policy,
             SpecialQueries(),
             Caching(self.cache),
-            LocalZones(
-                Forwarding(self.private_forwarder) if self.private_forwarder else None,
-                [str(u) for u in private],
-            ),
+            LocalZones(Forwarding(self.private_forwarder) if self.private_forwarder else None),
             Forwarding(self.forwarder),
         )
         self.server = DnsServer(

@@ -364,3 +364,11 @@ def truncated_reply(query: Query) -> bytes:
 def record(rtype: int, ttl: int, rdata: bytes) -> bytes:
     """A record owned by the question name (a pointer to offset 12)."""
     return b"\xc0\x0c" + RR_FIXED.pack(rtype, C_IN, ttl, len(rdata)) + rdata
+
+
+def soa_record(ttl: int, mailbox: str) -> bytes:
+    """An SOA of ours owned by the question name, its TTL and minimum both `ttl`: with it,
+    resolvers cache a negative answer we give for `ttl` seconds (RFC 2308)."""
+    rdata = name_to_wire("safenest.home.arpa") + name_to_wire(mailbox)
+    rdata += U32.pack(1) + U32.pack(3600) + U32.pack(600) + U32.pack(86400) + U32.pack(ttl)
+    return record(T_SOA, ttl, rdata)

@@ -22,8 +22,9 @@ import ipaddress
 
 from ...model import Answer, AnswerKind
 from ..upstream import Upstream, parse_upstream
-from ..wire import NOERROR, NXDOMAIN, T_A, T_AAAA, T_SOA, U32, Query, name_to_wire, record, reply
+from ..wire import NOERROR, NXDOMAIN, T_A, T_AAAA, Query, name_to_wire, record, reply, soa_record
 from .base import Result, Step
+from .forwarding import Forwarding
 
 NEGATIVE_TTL = 600  # how long clients may cache our NXDOMAIN (RFC 2308, through the SOA)
 LOCALHOST_TTL = 3600
@@ -117,21 +118,11 @@ def local_zone(q: bytes, qtype: int) -> str | None:
     return None
 
 
-def _soa() -> bytes:
-    rdata = name_to_wire("safenest.home.arpa") + name_to_wire("hostmaster.safenest.home.arpa")
-    rdata += U32.pack(1) + U32.pack(3600) + U32.pack(600) + U32.pack(86400)
-    return record(T_SOA, NEGATIVE_TTL, rdata + U32.pack(NEGATIVE_TTL))
-
-
 class LocalZones(Step):
-    def __init__(self, private: Step | None, private_names: list[str] | None = None):
-        """`private`: the link that asks the private upstream (a Forwarding), or None to answer
-        NXDOMAIN here. `private_names`: how to describe it in the start-up log."""
+    def __init__(self, private: Forwarding | None):
+        """`private`: the link that asks the private upstream, or None to answer NXDOMAIN here."""
         self.private = private
-        self.private_names = private_names or []
-        self.answered = 0  # answered here (NXDOMAIN, localhost)
-        self.sent_private = 0
-        self._soa = _soa()
+        self._soa = soa_record(NEGATIVE_TTL, "hostmaster.safenest.home.arpa")
         self._localhost = {
             T_A: record(T_A, LOCALHOST_TTL, bytes([127, 0, 0, 1])),
             T_AAAA: record(T_AAAA, LOCALHOST_TTL, bytes(15) + b"\x01"),
@@ -139,7 +130,7 @@ class LocalZones(Step):
 
     def describe(self) -> str:
         where = (
-            "asked of " + ", ".join(self.private_names)
+            "asked of " + ", ".join(map(str, self.private.forwarder.upstreams))
             if self.private is not None
             else "answered NXDOMAIN here (no upstream on the LAN; see private_upstream)"
         )
@@ -159,7 +150,6 @@ class LocalZones(Step):
             return self._private(query)
         if zone == "invalid":
             return self._nxdomain(query, REASONS["invalid"])
-        self.answered += 1
         found = self._localhost.get(query.qtype)
         if found is not None:
             wire = reply(query, NOERROR, found, 1)
@@ -169,12 +159,10 @@ class LocalZones(Step):
 
     def _private(self, query: Query) -> Result:
         if self.private is not None:
-            self.sent_private += 1
             return self.private(query)
         return self._nxdomain(query, REASONS["private"])
 
     def _nxdomain(self, query: Query, reason: str) -> Answer:
-        self.answered += 1
         wire = reply(query, NXDOMAIN, authority=self._soa, nscount=1)
         # The same bytes (but the ID) every time: the replay memo may keep it.
         return Answer(wire, AnswerKind.LOCAL, reason, INF)

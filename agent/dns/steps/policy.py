@@ -37,13 +37,11 @@ from ..wire import (
     NXDOMAIN,
     T_A,
     T_AAAA,
-    T_SOA,
-    U32,
     Query,
     ede_option,
-    name_to_wire,
     record,
     reply,
+    soa_record,
 )
 from .base import Result, Step
 from .safesearch import combine, internal_query
@@ -54,13 +52,6 @@ MEMO_LIMIT = 100_000  # decisions; cleared when full, replaced when the snapshot
 MAX_CLIENTS = 65_536  # client addresses remembered; spoofed floods must not grow memory
 MIN_VALIDITY = 0.001  # seconds: a next_change at "now" must not make every query recompute
 INF = float("inf")
-
-
-def _soa(ttl: int) -> bytes:
-    # An SOA owned by the blocked name lets resolvers cache the negative answer for block_ttl.
-    rdata = name_to_wire("safenest.home.arpa") + name_to_wire("blocked.safenest.home.arpa")
-    rdata += U32.pack(1) + U32.pack(3600) + U32.pack(600) + U32.pack(86400) + U32.pack(ttl)
-    return record(T_SOA, ttl, rdata)
 
 
 def client_address(client: str) -> str:
@@ -131,7 +122,7 @@ class Policy(Step):
         self.seen = None
         self.valid_until = INF  # monotonic
         self.wall_offset = 0.0  # time.time() - time.monotonic() when valid_until was computed
-        self._soa = _soa(ttl)
+        self._soa = soa_record(ttl, "blocked.safenest.home.arpa")
         self._null = {T_A: record(T_A, ttl, bytes(4)), T_AAAA: record(T_AAAA, ttl, bytes(16))}
         self.snapshot = snapshot
         self._arm()
