@@ -187,7 +187,7 @@ class Agent:
         self._loop = asyncio.get_running_loop()
         await self.server.start(self.listen)
         if self.querylog is not None:
-            self.querylog.start()
+            self.querylog.start(self._loop)  # the hand-off runs between packets
         self._start_admin()
         for step in self.steps:
             log.info("chain: %s", step.describe())
@@ -462,7 +462,8 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> int:
     # the cache fills with objects that live for minutes.
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
-    # The admin server and the query log's feeder are Python threads (its writer is a process):
+    # The admin server and a few housekeeping threads are Python threads (the query log's writer
+    # is a process, its hand-off runs on the DNS loop):
     # by default a thread that wants the GIL waits up to 5 ms for the holder to let go, which
     # the DNS thread must not.
     sys.setswitchinterval(SWITCH_INTERVAL)

@@ -11,11 +11,14 @@ entry, held the GIL of the DNS process when it was a thread of it, and the DNS t
 for it (at 5,000 queries/s the 99th percentile of the latency was 12 times that with the log
 off). The child has its own interpreter and GIL, and on a Pi its own core.
 
-What stays in the DNS process is one small thread, the feeder: every POLL seconds it takes
-up to CHUNK entries off the deque at a time (``popleft`` called from C, no Python per entry)
-and sends them to the child as one pickle (made in C, holding the GIL: kept short). It may
-block on a full pipe: the DNS thread never does, since the deque keeps its bound and drops.
-A second small thread reads the child's acknowledgements (its counters, the commands done).
+What stays in the DNS process is the hand-off (agent/querylog/handoff.py): every POLL
+seconds the DNS thread's own event loop takes up to CHUNK entries off the deque at a time
+(``popleft`` called from C, no Python per entry) and writes them to the child's pipe as one
+pickle, a slice per callback, between packets. Not a thread of its own: a second thread
+pickling entries makes the DNS thread wait for the GIL. The pipe is non-blocking: when it is
+full, entries stay in the deque, which keeps its bound and drops. Two small threads that are
+asleep while the writer runs well: the supervisor (it starts the child, restarts it, stops
+it) and the reader of the child's acknowledgements (its counters, the commands done).
 
 Privacy changes and a profile's deletion are `Command`s appended to the same deque as the
 entries, so the child sees them in order: the entries queued before a stricter level are
@@ -23,7 +26,7 @@ written with the level of their time and then purged, the ones after follow the 
 
 If the child cannot start or dies, DNS goes on: entries wait in the deque (dropped and
 counted when it is full), the entries the child held but had not written are counted as
-dropped, the commands it had not finished are sent again, and the feeder starts a new child
+dropped, the commands it had not finished are sent again, and the supervisor starts a new child
 after a pause that grows (RESTART_DELAYS), logging once per outage. stop() hands over what
 is queued and waits for the child to write it and exit. A child whose parent died (SIGKILL)
 sees the end of its input, writes what it holds and exits.
@@ -40,6 +43,8 @@ is purged when it starts.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
 import os
 import pickle
@@ -54,13 +59,11 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from ..storage.querylog import GLOBAL, PRIVACY_LEVELS, QueryLogStore
+from .handoff import CHUNK, LoopSender
 from .writer import PROTOCOL, Command, Writer
 
 log = logging.getLogger(__name__)
 
-POLL = 0.1  # seconds between the feeder's looks at the queue
-CHUNK = 64  # entries per message: one pickle call holds the GIL that the DNS thread needs
-# (256 gave the DNS thread a p99 about 30% longer at 5,000 q/s; 16 woke the writer too often)
 COMMAND_WAIT = 60.0  # how long set_privacy()/delete_profile() wait for the writer
 START_WAIT = 60.0  # seconds a new writer has to open the file and say it is ready
 RESTART_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)  # before each new try, then the last
@@ -88,6 +91,12 @@ def _child_env() -> dict[str, str]:
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 class _Waiter:
@@ -171,10 +180,14 @@ class QueryLog:
         self._commands: dict[int, Command] = {}  # queued or sent, not done yet, in order
         self._waiters: dict[int, _Waiter] = {}
         self._next_command = 1
-        self._feeder: threading.Thread | None = None
+        self._supervisor: threading.Thread | None = None  # starts, restarts and stops the writer
+        self._sender: LoopSender | None = None  # the hand-off, on `_loop`
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._own_loop: threading.Thread | None = None  # when start() was given no loop
         self._stopping = threading.Event()
+        self._wake = threading.Event()  # for the supervisor: stop(), or a writer ended
         self._deadline = 0.0  # monotonic: when stop() gives up on the writer
-        self._abandon = False  # stop() gave up: the feeder ends without a new writer
+        self._abandon = False  # stop() gave up: the supervisor ends without a new writer
         self._child: _Child | None = None
         self._start_error = ""
         self._base = [0] * COUNTS  # the totals of writers that ended
@@ -252,45 +265,84 @@ class QueryLog:
 
     # -- start and stop ----------------------------------------------------------------
 
-    def start(self) -> None:
-        """Start the writer process (and the feeder thread that hands it the queue)."""
-        if self._feeder is not None:
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Start the writer process; `loop` (the DNS thread's) hands it the queue. Without
+        one, a loop of the query log's own runs in a thread (tools and tests)."""
+        if self._supervisor is not None:
             return
         self.store.close()  # this thread's connection: the writer process has its own
         self._stopping.clear()
         self._abandon = False
-        self._feeder = threading.Thread(target=self._feed, name="querylog-feeder", daemon=True)
-        self._feeder.start()
+        if loop is None:
+            loop = asyncio.new_event_loop()
+            self._own_loop = threading.Thread(
+                target=loop.run_forever, name="querylog-handoff", daemon=True
+            )
+            self._own_loop.start()
+        self._loop = loop
+        self._sender = LoopSender(loop, self._queue, self.clock)
+        self._supervisor = threading.Thread(
+            target=self._supervise, name="querylog-writer", daemon=True
+        )
+        self._supervisor.start()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Write what is queued and stop the writer."""
-        feeder = self._feeder
-        if feeder is None:
+        supervisor = self._supervisor
+        if supervisor is None:
             self._write_here()
             return
         self._deadline = time.monotonic() + timeout
         self._stopping.set()
-        feeder.join(timeout + 5)
-        if feeder.is_alive():  # stuck sending to a writer that does not read (stopped, hung)
+        self._wake.set()
+        supervisor.join(timeout + 5)
+        self._stop_own_loop()
+        if supervisor.is_alive():  # stuck sending to a writer that does not read (stopped, hung)
             self._abandon = True
             child = self._child
             if child is not None:
                 child.kill()
-            feeder.join(10)
+            supervisor.join(10)
             log.warning(
                 "query log writer did not stop within %.0f s; %d entries not written",
                 timeout,
                 self.queued,
             )
-            self._feeder = None
+            self._supervisor = None
             return
-        self._feeder = None
+        self._supervisor = None
         if self._queue or self._unsent_commands():
             self._write_here()  # the writer could not be started again: this process writes
 
+    def _stop_own_loop(self) -> None:
+        thread, self._own_loop = self._own_loop, None
+        if thread is None:
+            return
+        loop = self._loop
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        if not thread.is_alive():
+            loop.close()
+
+    def _on_loop(self, fn: Callable[[], object]) -> object:
+        """fn() run on the hand-off's loop (the sender is only touched there), its result."""
+        loop = self._loop
+        if loop is None or loop.is_closed() or not loop.is_running():
+            return fn()
+        done: concurrent.futures.Future = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                done.set_result(fn())
+            except BaseException as exc:
+                done.set_exception(exc)
+
+        loop.call_soon_threadsafe(run)
+        return done.result(COMMAND_WAIT)
+
     def _running(self) -> bool:
-        """The feeder runs (a command queued now is the writer's, or stop()'s)."""
-        return self._feeder is not None
+        """The supervisor runs (a command queued now is the writer's, or stop()'s)."""
+        return self._supervisor is not None
 
     @property
     def writer_pid(self) -> int | None:
@@ -298,9 +350,9 @@ class QueryLog:
         child = self._child
         return child.proc.pid if child is not None else None
 
-    # -- the feeder thread -----------------------------------------------------------------
+    # -- the supervisor thread ------------------------------------------------------------
 
-    def _feed(self) -> None:
+    def _supervise(self) -> None:
         failures = 0  # in a row: writers that could not start, or died before STABLE
         tries_after_stop = 0  # a writer that dies while stopping is started once more
         told = False  # this outage was logged
@@ -347,7 +399,9 @@ class QueryLog:
                     )
                 self._stopping.wait(RESTART_DELAYS[min(failures, len(RESTART_DELAYS)) - 1])
         except Exception:
-            log.exception("query log: the feeder stopped by an error; entries are not written")
+            log.exception(
+                "query log: the writer supervisor stopped by an error; entries are not written"
+            )
 
     def _spawn(self) -> _Child | None:
         """A new writer process, ready; None when it could not start (`_start_error` says why)."""
@@ -426,6 +480,7 @@ class QueryLog:
             child.kill()
         finally:
             child.gone.set()
+            self._wake.set()
 
     def _pump(self, child: _Child) -> bool:
         """Hand the stream to `child` until it dies (False) or stop() (True, once it exited)."""
@@ -435,21 +490,23 @@ class QueryLog:
             if redo:
                 child.send((self.clock(), redo))
                 child.sent += len(redo)
-            while not child.gone.is_set():
-                if self._stopping.is_set():
-                    left = len(queue)  # what the resolver queued before stop()
-                    while left > 0 and queue:
-                        left -= self._send_chunk(child)
-                    child.send((self.clock(), None))  # write what you have and exit
-                    child.reap(max(0.5, self._deadline - time.monotonic()))
-                    return True
-                # What is queued now, then a pause: later arrivals wait for the next look. (Sending
-                # until the queue is empty spun at high rates: chunks of one or two entries, each a
-                # pickle, a write and a trip for the GIL the DNS thread needs.)
-                left = len(queue)
-                while left > 0 and queue:
-                    left -= self._send_chunk(child)
-                self._stopping.wait(POLL)
+            self._on_loop(lambda: self._sender.attach(child))
+            while True:  # asleep while the loop hands the queue over
+                self._wake.clear()
+                if child.gone.is_set() or self._stopping.is_set():
+                    break
+                self._wake.wait(5.0)
+            begun = self._on_loop(self._sender.detach)
+            if child.gone.is_set() or not self._stopping.is_set():
+                return False
+            # Stopping: the rest of the stream from this thread, the pipe blocking again.
+            _write_all(child.inbox.fileno(), begun)
+            left = len(queue)  # what the resolver queued before stop()
+            while left > 0 and queue:
+                left -= self._send_chunk(child)
+            child.send((self.clock(), None))  # write what you have and exit
+            child.reap(max(0.5, self._deadline - time.monotonic()))
+            return True
         except (OSError, ValueError):
             pass  # the pipe broke: the child died
         return False

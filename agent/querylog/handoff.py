@@ -1,0 +1,144 @@
+"""The query log's hand-off to the writer process, done by the DNS thread's own event loop.
+
+Why on the DNS loop and not in a thread: a thread of the DNS process that pickles entries
+needs the GIL while the DNS thread answers, and every trip of the GIL between two threads
+costs the DNS thread a wait of its own, longest when the cores are busy (docs/performance.md,
+"the query log's p99"). On the loop the same work is done between two packets, in slices of
+CHUNK entries (each about 50 µs), each slice a callback of its own so that the packets that
+arrived meanwhile are read before the next one.
+
+The pipe is non-blocking: a frame the pipe has no room for waits in `out` (written when the
+loop says the pipe is writable), and while `out` holds OUT_LIMIT bytes no more entries are
+taken, so the queue fills and drops (counted) instead of anything waiting. Frames use the
+framing of multiprocessing.connection (a 4-byte big-endian length, then a pickle), which
+the writer reads with Connection.recv_bytes.
+
+Everything here runs on the loop's thread; QueryLog's supervising thread attaches a writer
+and detaches it through `call_soon_threadsafe` (see QueryLog._on_loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import struct
+from collections import deque
+from collections.abc import Callable
+from itertools import repeat, starmap
+
+from .writer import PROTOCOL
+
+POLL = 0.1  # seconds between two looks at the queue
+CHUNK = 64  # entries per pickle: the loop answers no packet while one is made
+# (256 gave the DNS thread a p99 about 30% longer at 5,000 q/s; 16 woke the writer too often)
+OUT_LIMIT = 1 << 20  # bytes waiting for room in the pipe before entries stay in the queue
+_HEADER = struct.Struct("!i")  # multiprocessing.connection's length prefix
+
+
+def frame(message) -> bytes:
+    """`message` as one frame of the stream."""
+    payload = pickle.dumps(message, PROTOCOL)
+    return _HEADER.pack(len(payload)) + payload
+
+
+class LoopSender:
+    """Sends a QueryLog's queue to one writer at a time, from `loop`'s callbacks."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: deque, clock: Callable[[], float]):
+        self.loop = loop
+        self.queue = queue
+        self.clock = clock
+        self.child = None  # the writer attached (a querylog.log._Child), or None
+        self.out = bytearray()  # frame bytes the pipe had no room for
+        self._fd = -1
+        self._left = 0  # items still to send in this look
+        self._next: asyncio.Handle | asyncio.TimerHandle | None = None
+        self._waiting_for_room = False
+
+    def attach(self, child) -> None:
+        """Hand the queue to `child` from now on (its config and resent commands are sent)."""
+        self.detach()
+        self.child = child
+        self._fd = child.inbox.fileno()
+        os.set_blocking(self._fd, False)
+        self._next = self.loop.call_soon(self._look)
+
+    def detach(self) -> bytes:
+        """Stop sending; returns the bytes of frames begun but not written, which must go
+        first if the stream goes on (QueryLog.stop writes them and then the rest itself)."""
+        if self._next is not None:
+            self._next.cancel()
+            self._next = None
+        if self._waiting_for_room:
+            self.loop.remove_writer(self._fd)
+            self._waiting_for_room = False
+        rest = bytes(self.out)
+        self.out.clear()
+        if self.child is not None:
+            try:
+                os.set_blocking(self._fd, True)
+            except OSError:
+                pass  # closed: the writer is gone
+        self.child = None
+        self._fd = -1
+        return rest
+
+    def _look(self) -> None:
+        """What is queued now is sent, a slice at a time; later arrivals wait for the next
+        look (sending until the queue is empty made slices of one entry at high rates)."""
+        self._left = len(self.queue)
+        self._slice()
+
+    def _slice(self) -> None:
+        self._next = None
+        child = self.child
+        if child is None:
+            return
+        queue = self.queue
+        if self._left > 0 and queue and len(self.out) < OUT_LIMIT:
+            # popleft() called from C, not a Python loop; other threads may append meanwhile.
+            chunk = list(starmap(queue.popleft, repeat((), min(len(queue), CHUNK))))
+            self._left -= len(chunk)
+            child.sent += len(chunk)  # from here on lost with the writer if it dies
+            self._write(frame((self.clock(), chunk)))
+            if self.child is child and self._left > 0:
+                self._next = self.loop.call_soon(self._slice)
+                return
+        if self.child is child:
+            self._next = self.loop.call_later(POLL, self._look)
+
+    def _write(self, data: bytes) -> None:
+        if self.out:
+            self.out += data  # behind what waits already
+            return
+        try:
+            written = os.write(self._fd, data)
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            self._broken()
+            return
+        if written < len(data):
+            self.out += data[written:]
+            self.loop.add_writer(self._fd, self._room)
+            self._waiting_for_room = True
+
+    def _room(self) -> None:
+        """The pipe has room again: write what waits."""
+        try:
+            written = os.write(self._fd, self.out)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._broken()
+            return
+        del self.out[:written]
+        if not self.out:
+            self.loop.remove_writer(self._fd)
+            self._waiting_for_room = False
+
+    def _broken(self) -> None:
+        """The writer's pipe broke (it died): stop. Its supervisor sees the end of its answers,
+        counts what it held as lost and starts another."""
+        self.detach()
