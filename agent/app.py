@@ -42,6 +42,7 @@ from .dns.steps.caching import Caching
 from .dns.steps.client_gate import ClientGate
 from .dns.steps.forwarding import Forwarding
 from .dns.steps.local_names import LocalNames
+from .dns.steps.local_zones import REASONS as LOCAL_REASONS
 from .dns.steps.local_zones import LocalZones, private_upstreams
 from .dns.steps.policy import Policy
 from .dns.steps.special_queries import SpecialQueries
@@ -149,7 +150,11 @@ class Agent:
             self.policy,
             SpecialQueries(),
             Caching(self.cache),
-            LocalZones(Forwarding(self.private_forwarder) if self.private_forwarder else None),
+            LocalZones(
+                Forwarding(self.private_forwarder, LOCAL_REASONS["asked"])
+                if self.private_forwarder
+                else None
+            ),
             Forwarding(self.forwarder),
         )
         self.server = DnsServer(

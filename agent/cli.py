@@ -119,7 +119,7 @@ def _local_answer(settings, wire_name: bytes, qtype: int) -> tuple[str, str] | N
         private = private_upstreams(settings.private_upstream, upstreams)
         if private:
             where = ", ".join(map(str, private))
-            return f"local name: asked of {where}", f"{where}'s answer (the LAN's own resolver)"
+            return REASONS["asked"] + where, f"{where}'s answer (the LAN's own resolver)"
     return REASONS[zone], "NXDOMAIN (no such name), answered here"
 
 

@@ -15,8 +15,11 @@ from zoneinfo import ZoneInfo
 
 import dns.message
 import dns.query
+import dns.rcode
 import pytest
 
+from agent.cli import _local_answer
+from agent.dns.wire import name_to_wire
 from agent.policy.model import Device, Policy, Profile
 from agent.querylog import QueryLogStore
 from agent.storage.policy_store import open_policy_store
@@ -244,3 +247,23 @@ def test_the_device_is_the_policy_entry_that_placed_the_client(start):
         KID: ("lan-phone", "lan"),
         "127.0.0.20": ("", "default"),
     }
+
+
+@pytest.mark.parametrize("with_router", [True, False])
+def test_names_kept_on_the_lan_are_logged_with_the_reason_explain_gives(
+    start, fake_upstream, with_router
+):
+    router = fake_upstream("127.0.0.2")
+    router.answer("printer", "A", "192.168.1.30")
+    server = start(private_upstream=[router.address] if with_router else ["none"])
+    assert ask(server, "printer", client=TEEN).rcode() == (
+        dns.rcode.NOERROR if with_router else dns.rcode.NXDOMAIN
+    )
+    (row,) = pick(logged(server, 1), "printer")
+    # `safenest explain printer` computes its reason with the same function and settings.
+    explained, _answer = _local_answer(server.agent.settings, name_to_wire("printer"), 1)
+    assert row["reason"] == explained
+    assert row["reason"] == (
+        f"local name: asked of {router.address}" if with_router else "local name: not sent upstream"
+    )
+    assert server.upstream.count("printer") == 0

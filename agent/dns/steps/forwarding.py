@@ -19,8 +19,10 @@ class Fetched(Answer):
 
 
 class Forwarding(Step):
-    def __init__(self, forwarder: Forwarder):
+    def __init__(self, forwarder: Forwarder, reason: str = "upstream "):
+        """`reason`: what an answer's reason says before the name of the upstream that gave it."""
         self.forwarder = forwarder
+        self.reason = reason
         self._resolve = forwarder.resolve
         self._finish = self._answer  # one bound method, not one per query
 
@@ -53,6 +55,6 @@ class Forwarding(Step):
             wire = packet[:2] + (entry.wire if cap is None else entry._capped_body(0, cap))[2:]
         else:
             wire = entry.serve(query, entry.stored, cap=cap)
-        answer = Fetched(wire, AnswerKind.FORWARDED, "upstream " + upstream.name)
+        answer = Fetched(wire, AnswerKind.FORWARDED, self.reason + upstream.name)
         answer.fetched = (entry, info)
         return answer

@@ -96,6 +96,7 @@ def private_upstreams(setting: list[str], upstreams: list[Upstream]) -> list[Ups
 # The reason each kind of local name is answered with (the query log, `safenest explain`).
 REASONS = {
     "private": "local name: not sent upstream",
+    "asked": "local name: asked of ",  # + the private upstream that answered
     "localhost": "localhost (RFC 6761)",
     "invalid": "invalid (RFC 6761)",
 }
