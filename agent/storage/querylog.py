@@ -42,12 +42,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NamedTuple
-
-import sqlite_utils
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..dns.wire import name_to_text
 from .db import Database, Migration
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 TOP_NAMES = 20  # names kept per rollup key and hour
 # Entries turned into rows between two INSERT statements (one statement per SLICE rows: few
@@ -423,8 +424,8 @@ class QueryLogStore:
         ahead (entries of the same millisecond, or queued a little late, keep the order of
         writing); a clock set back by more than a second gets its true time.
         """
-        with self.database.transaction() as db:
-            conn = db.conn
+        with self.database.transaction(raw=True) as conn:
+            conn = conn
             # data_version is per connection: remember whose it is.
             version = (id(conn), conn.execute("PRAGMA data_version").fetchone()[0])
             if version != self._data_version:
@@ -538,8 +539,8 @@ class QueryLogStore:
 
         Idempotent: an hour is done once, and the mark moves in the same transaction.
         """
-        with self.database.transaction() as db:
-            conn = db.conn
+        with self.database.transaction(raw=True) as conn:
+            conn = conn
             start = self.rolled_up_until()
             if start is None:
                 first = conn.execute("SELECT min(id) FROM queries").fetchone()[0]
@@ -585,15 +586,15 @@ class QueryLogStore:
         """Delete the raw rows matching `where`, BATCH at a time in id order; yields each count."""
         after = -1
         while True:
-            with self.database.transaction() as db:
-                last = db.conn.execute(
+            with self.database.transaction(raw=True) as conn:
+                last = conn.execute(
                     f"SELECT max(id) FROM (SELECT id FROM queries WHERE id > ? AND ({where})"
                     " ORDER BY id LIMIT ?)",
                     (after, *params, BATCH),
                 ).fetchone()[0]
                 if last is None:
                     return
-                deleted = db.conn.execute(
+                deleted = conn.execute(
                     f"DELETE FROM queries WHERE id > ? AND id <= ? AND ({where})",
                     (after, last, *params),
                 ).rowcount
@@ -604,8 +605,8 @@ class QueryLogStore:
         """Delete rows of a rollup table matching `where`, BATCH at a time."""
         key = "hour, profile, kind, category" + (", name" if table == "rollup_top" else "")
         while True:
-            with self.database.transaction() as db:
-                deleted = db.conn.execute(
+            with self.database.transaction(raw=True) as conn:
+                deleted = conn.execute(
                     f"DELETE FROM {table} WHERE ({key}) IN"
                     f" (SELECT {key} FROM {table} WHERE {where} LIMIT ?)",
                     (*params, BATCH),
@@ -667,8 +668,8 @@ class QueryLogStore:
 
     def forget_unused(self) -> int:
         """Delete names and terms nothing refers to any more; returns how many."""
-        with self.database.transaction() as db:
-            conn = db.conn
+        with self.database.transaction(raw=True) as conn:
+            conn = conn
             names = conn.execute(
                 """DELETE FROM names WHERE id NOT IN
                    (SELECT name FROM queries WHERE name IS NOT NULL UNION SELECT name FROM rollup_top)"""
@@ -694,11 +695,11 @@ class QueryLogStore:
 
     def save_privacy_level(self, profile: str, level: str | None) -> None:
         """Remember `level` for `profile` (GLOBAL: the global one); None forgets the profile's own."""
-        with self.database.transaction() as db:
+        with self.database.transaction(raw=True) as conn:
             if level is None:
-                db.conn.execute("DELETE FROM privacy WHERE profile = ?", (profile,))
+                conn.execute("DELETE FROM privacy WHERE profile = ?", (profile,))
             else:
-                db.conn.execute(
+                conn.execute(
                     "INSERT INTO privacy VALUES (?, ?) ON CONFLICT (profile) DO UPDATE SET level = excluded.level",
                     (profile, level),
                 )
