@@ -79,5 +79,8 @@ if __name__ == "__main__":
             ext_modules=mypycify(
                 ["--ignore-missing-imports", "--follow-imports=silent", *modules()],
                 opt_level=os.environ.get("MYPYC_OPT_LEVEL", "3"),
+                # The shared library goes inside the package (agent/compiled__mypyc*.so), so
+                # it is found wherever `agent` is (an editable install maps only packages).
+                group_name="agent.compiled",
             ),
         )
