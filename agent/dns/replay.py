@@ -69,7 +69,8 @@ class ReplayMemo:
         #                      cache entry or None, question end, ttl cap,
         #                      counter key, query log entry or None)}
         self._memos: dict[tuple, OrderedDict[bytes, tuple]] = {}
-        self._gets: dict[str, object] = {}  # client address -> its memo's bound get
+        # client address -> its memo's bound get
+        self._gets: dict[str, Callable[[bytes], tuple | None]] = {}
         self.get_for = self._gets.get  # cleared in place, so a bound copy stays valid
         self._size = 0
         # profile id -> whether its answers go to the query log (None: there is no log).
@@ -137,7 +138,7 @@ class ReplayMemo:
         entry = hit[4]
         if entry is None or entry.expires <= now or now >= self.until:
             return None
-        memo = self._memos.get(self.tags.get(client))
+        memo = self._memos.get(self.tags.get(client))  # type: ignore[arg-type]
         if memo is None or key not in memo:
             return None
         cap = hit[6]

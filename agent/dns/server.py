@@ -24,6 +24,7 @@ import time
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable
+from typing import Any
 
 from ..model import Answer, AnswerKind
 from .pending import Pending
@@ -115,7 +116,8 @@ def _bind_message(host: str, port: int, exc: OSError) -> str:
 
 def _no_ipv6(exc: BindError, host: str, listen: list[tuple[str, int]]) -> bool:
     """The IPv6 wildcard failed because the machine has no IPv6, and something else is listened on."""
-    cause = exc.__cause__
+    # __context__ too: compiled by mypyc, `raise ... from exc` sets only that (mypy 2.4.1).
+    cause = exc.__cause__ or exc.__context__
     no_family = isinstance(cause, OSError) and cause.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL)
     return no_family and host == "::" and any(h != "::" for h, _ in listen)
 
@@ -139,7 +141,7 @@ class DnsServer:
         self.tcp_open = 0
         self.addresses: list[tuple[str, str, int]] = []  # (proto, host, port) actually bound
         self.replay = ReplayMemo()
-        self.querylog = None  # a QueryLog (attach_log), or None: nothing is logged
+        self.querylog: Any = None  # a QueryLog (attach_log), or None: nothing is logged
         # client address -> device id, as the Policy step placed it (the query log's device).
         self.devices: dict[str, str] = {}
         self.latency = LatencyHistogram()  # forwarded answers, per upstream, since arrival
@@ -185,7 +187,8 @@ class DnsServer:
         if query is None:
             if answer.wire is None:
                 return  # garbage dropped unanswered: counted, not logged
-            name, qtype = "", 0
+            name: str | bytes = ""
+            qtype = 0
         else:
             name, qtype = query.qname_key, query.qtype
         if kind is AnswerKind.RATE_LIMITED:
@@ -304,7 +307,7 @@ class DnsServer:
     def close(self) -> None:
         for sock in self._udp_socks:
             try:
-                self._loop.remove_reader(sock.fileno())
+                self._loop.remove_reader(sock.fileno())  # type: ignore[union-attr]
             except (ValueError, OSError, RuntimeError):
                 pass
             sock.close()
@@ -330,7 +333,7 @@ class DnsServer:
             verdict = self.gate.admit(client)
             if verdict == ADMITTED:
                 self.counts[hit[7]] += 1
-                send(None, Answer(data[:2] + hit[1], hit[2], hit[3]))
+                send(None, Answer(data[:2] + hit[1], hit[2], hit[3]))  # type: ignore[arg-type]
                 if hit[8] is not None:
                     self._log_replay(client, hit[8])
                 return None
@@ -358,12 +361,12 @@ class DnsServer:
             return None
         try:
             result = self.resolver(query)
-        except Exception as exc:
-            result = self._servfail(query, exc)
+        except Exception as error:  # not `exc`: mypyc gives a name one type per function
+            result = self._servfail(query, error)
         if result.__class__ is Answer:
             self._deliver(data, client, transport, result, send, query, arrived)
             return None
-        return result.then(lambda answer: self._finish(query, answer, send, arrived))
+        return result.then(lambda answer: self._finish(query, answer, send, arrived))  # type: ignore[union-attr]
 
     def _finish(self, query: Query, answer, send, arrived: float = 0.0) -> None:
         if not isinstance(answer, Answer):
@@ -481,18 +484,18 @@ class DnsServer:
 
     def _send_udp(self, sock: socket.socket, query: Query | None, answer: Answer, address) -> None:
         wire = answer.wire
-        if query is not None and len(wire) > query.udp_size:
+        if query is not None and len(wire) > query.udp_size:  # type: ignore[arg-type]
             wire = truncated_reply(query)
         if self._later:
             # An answer that came later (from an upstream): the answers of one batch of
             # upstream responses go out back to back, so the client is woken once for them
             # rather than once per answer (a wake-up costs the sender system time).
             if not self._replies:
-                self._loop.call_soon(self._send_replies)
+                self._loop.call_soon(self._send_replies)  # type: ignore[union-attr]
             self._replies.append((sock, wire, address))
             return
         try:
-            sock.sendto(wire, address)
+            sock.sendto(wire, address)  # type: ignore[arg-type]
         except OSError:
             self.send_failures += 1
 
@@ -518,7 +521,7 @@ class DnsServer:
 
         def send(query: Query | None, answer: Answer) -> None:
             if not writer.is_closing():
-                writer.write(U16.pack(len(answer.wire)) + answer.wire)
+                writer.write(U16.pack(len(answer.wire)) + answer.wire)  # type: ignore[arg-type, operator]
 
         def written(_) -> None:
             nonlocal waiting

@@ -19,6 +19,7 @@ import select
 import struct
 import time
 
+from .pending import Pending
 from .wire import RR_FIXED, U32, ResponseInfo
 
 SWEEP_SECONDS = 0.05  # how often timeouts are checked
@@ -29,10 +30,13 @@ _POINTER_RR = struct.Struct("!HHHIH")  # a 2-byte name (pointer), type, class, t
 _NO_TTL = 0x80000000  # above every TTL kept (larger ones count as 0)
 
 
-class Flight:
-    """What UdpExchanges needs of one question in flight; upstream._Exchange is one."""
+class Flight(Pending):
+    """What UdpExchanges needs of one question in flight; upstream._Exchange is one.
 
-    __slots__ = ()
+    A Pending itself, so that _Exchange has a single base (mypyc compiles no multiple
+    inheritance of classes)."""
+
+    __slots__ = ("sock", "ident", "question", "deadline")
     sock: _socket.socket | None
     ident: bytes  # the query ID as sent, two bytes
     question: bytes
@@ -119,13 +123,13 @@ class UdpExchanges:
                 continue  # landed already (e.g. timed out in a sweep)
             sock = flight.sock
             try:
-                data = sock.recv(65535)
+                data = sock.recv(65535)  # type: ignore[union-attr]  # set while in _flights
             except BlockingIOError:
                 continue
             except OSError as exc:  # ICMP port unreachable and the like
                 del flights[fd]
                 flight.sock = None
-                sock.close()
+                sock.close()  # type: ignore[union-attr]
                 flight.on_udp_error(exc)
                 continue
             info = check_udp_response(data, flight.ident, flight.question)
@@ -134,7 +138,7 @@ class UdpExchanges:
                 continue
             del flights[fd]
             flight.sock = None
-            sock.close()  # also leaves the epoll set
+            sock.close()  # type: ignore[union-attr]  # also leaves the epoll set
             flight.on_udp(data, info, now)
 
     def _sweep(self) -> None:
@@ -143,7 +147,7 @@ class UdpExchanges:
         for fd, flight in [(fd, f) for fd, f in flights.items() if f.deadline <= now]:
             if flights.get(fd) is flight:
                 del flights[fd]
-                flight.sock.close()
+                flight.sock.close()  # type: ignore[union-attr]
                 flight.sock = None
                 flight.on_udp_error(TimeoutError())
         self._sweeper = self.loop.call_later(SWEEP_SECONDS, self._sweep) if flights else None
@@ -153,7 +157,7 @@ class UdpExchanges:
             self._sweeper.cancel()
             self._sweeper = None
         for flight in self._flights.values():
-            flight.sock.close()
+            flight.sock.close()  # type: ignore[union-attr]
             flight.sock = None
         self._flights.clear()
         self._outbox.clear()

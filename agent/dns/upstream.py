@@ -161,7 +161,7 @@ class Forwarder:
         return self._random[at : at + 2]
 
 
-def _query_bodies() -> tuple[bytes, ...]:
+def _query_bodies() -> tuple[tuple[bytes, bytes], ...]:
     """Our query's header after the ID, and its OPT record, for each client shape: index
     Query.key[3] (0 no EDNS, 1 EDNS, 2 EDNS with DO) + 3 if the client set CD."""
     parts = []
@@ -175,7 +175,7 @@ def _query_bodies() -> tuple[bytes, ...]:
 _QUERY_PARTS = _query_bodies()
 
 
-class _Exchange(Pending, Flight):
+class _Exchange(Flight):
     """One query's way through the upstreams: try, fail over, fall back to TCP, finish.
 
     It is the Pending of the query that started it (one object less per cache miss);
@@ -188,17 +188,13 @@ class _Exchange(Pending, Flight):
         "query",
         "finish",
         "followers",
-        "question",
         "body",
         "order",
         "tries",
         "give_up_at",
         "problems",
         "upstream",
-        "ident",
         "started",
-        "sock",
-        "deadline",
     )
 
     def __init__(self, forwarder: Forwarder, udp: UdpExchanges, query: Query, finish, now: float):
@@ -296,7 +292,7 @@ class _Exchange(Pending, Flight):
         if exc is not None:
             self.failed(exc)
         else:
-            self.answered(*task.result(), _monotonic())
+            self.answered(*task.result(), _monotonic())  # type: ignore[call-arg]
 
     def failed(self, exc: BaseException) -> None:
         f = self.forwarder

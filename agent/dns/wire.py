@@ -89,7 +89,8 @@ class Query:
         self.flags = flags
         self.client = client
         self.transport = transport
-        self.ttl_cap = None  # set by the Policy link: no TTL in the answer above it (seconds)
+        # Set by the Policy link: no TTL in the answer above it (seconds).
+        self.ttl_cap: int | None = None
         self.edns_version = -1
         self.udp_size = 512
         self.do = False
@@ -214,8 +215,11 @@ class ResponseInfo:
     """What checking an upstream response found: enough to cache and serve it."""
 
     __slots__ = ("rcode", "truncated", "ancount", "ttls", "min_ttl", "negative_ttl", "opt_offset")
+    rcode: int  # set by the checker that made it
+    truncated: bool
+    ancount: int
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.ttls: list[tuple[int, int]] = []  # (offset of the TTL field, TTL)
         self.min_ttl: int | None = None
         self.negative_ttl: int | None = None

@@ -123,7 +123,9 @@ def _make_lookup(
     text = _suffix_text
     make = Match
 
-    def lookup(wire_name: bytes) -> Match | None:
+    def lookup(name: bytes | memoryview) -> Match | None:
+        # Any buffer is accepted; compiled (mypyc), the loop below is fast only on bytes.
+        wire_name = name if isinstance(name, bytes) else bytes(name)
         end = len(wire_name) - 1  # offset of the root byte
         if end < 1 or wire_name[end]:
             return None  # the root name, or not a wire name
@@ -258,13 +260,14 @@ class DomainIndex:
         try:
             return cls(keys=keys, sids=sids, slots=slots, domains=domains, meta=meta,
                        flags=flags, path=path, owner=mm)
-        except (IndexFormatError, KeyError, TypeError, AttributeError) as e:
+        except (IndexFormatError, KeyError, TypeError, AttributeError) as error:
+            # Not `e` (a ValueError above): mypyc gives a name one type per function.
             keys.release()
             sids.release()
             mm.close()
-            if isinstance(e, IndexFormatError):
+            if isinstance(error, IndexFormatError):
                 raise
-            raise IndexFormatError(f"{path}: bad set table: {e!r}") from None
+            raise IndexFormatError(f"{path}: bad set table: {error!r}") from None
 
     @classmethod
     def empty(cls) -> DomainIndex:
@@ -272,18 +275,16 @@ class DomainIndex:
         slots = 8
         keys = array("Q", bytes(8 * slots))
         sids = array("H", bytes(2 * slots))
-        meta = {"sets": [], "categories": [], "sources": []}
+        meta: dict = {"sets": [], "categories": [], "sources": []}
         return cls(keys=keys, sids=sids, slots=slots, domains=0, meta=meta, flags=0, path=None)
 
     # -- queries ------------------------------------------------------------------------
 
-    def lookup(self, wire_name: bytes) -> Match | None:  # replaced per instance in __init__
-        """The Match for a lower-cased wire-format name (root byte included), or None.
-
-        Allow beats block: the most specific allowed suffix of the name wins; otherwise the
-        most specific blocked suffix; otherwise None.
-        """
-        raise NotImplementedError  # pragma: no cover
+    # lookup(wire_name): the Match for a lower-cased wire-format name (root byte included),
+    # or None. Allow beats block: the most specific allowed suffix of the name wins; otherwise
+    # the most specific blocked suffix; otherwise None. An attribute, not a method: set per
+    # instance in __init__ (a closure), so that mypyc allows assigning it.
+    lookup: Callable[[bytes], Match | None]
 
     def lookup_text(self, name: str) -> Match | None:
         """lookup() for a dotted name in any case; None for names that are not hostnames."""

@@ -16,6 +16,7 @@ class Fetched(Answer):
     """A forwarded answer that also carries the upstream's answer as an Entry, for the cache to keep."""
 
     __slots__ = ("fetched",)
+    fetched: tuple
 
 
 class Forwarding(Step):

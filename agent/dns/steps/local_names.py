@@ -48,7 +48,7 @@ def interface_addresses() -> list[str]:
     try:
         with open("/proc/net/if_inet6") as table:
             for line in table:
-                address = ipaddress.IPv6Address(int(line.split()[0], 16))
+                address = ipaddress.IPv6Address(int(line.split()[0], 16))  # type: ignore[assignment]
                 if not (address.is_loopback or address.is_link_local):
                     found.append(str(address))
     except (OSError, ValueError):
@@ -68,7 +68,7 @@ class LocalNames(Step):
         where = ", ".join(map(str, self.fixed)) or "the address that reaches each client"
         return f"LocalNames: {', '.join(self.labels)} -> {where}"
 
-    def addresses_for(self, client: str) -> list[ipaddress._BaseAddress]:
+    def addresses_for(self, client: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
         if self.fixed:
             return self.fixed
         # The address that reaches this client, for its own family; for the other

@@ -27,6 +27,7 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from ...model import Answer, AnswerKind
 from ...policy.decision import decide
@@ -112,18 +113,19 @@ class Policy(Step):
         # query log's device column. Cleared in place like `tags`.
         self.devices: dict[str, str] = {}
         self._device_index: tuple | None = None  # the snapshot's devices, built when first needed
-        self._profiles: dict[str, object] = {}  # client address -> Profile
+        self._profiles: dict[str, Any] = {}  # client address -> Profile
         self._macs: dict[str, str | None] = {}  # client address -> MAC seen when it was placed
         self._tag_of: dict[str, tuple] = {}  # profile id -> its tag
         self._memo: dict[tuple, object] = {}
         self.on_change: Callable[[float], None] | None = None  # gets the new valid_until
         # .note(ip) per query that reaches this link (a repeat served by the replay memo
         # is not counted: the counts are shares, for the router check and the admin page).
-        self.seen = None
+        self.seen: Any = None
         self.valid_until = INF  # monotonic
         self.wall_offset = 0.0  # time.time() - time.monotonic() when valid_until was computed
         self._soa = soa_record(ttl, "blocked.safenest.home.arpa")
-        self._null = {T_A: record(T_A, ttl, bytes(4)), T_AAAA: record(T_AAAA, ttl, bytes(16))}
+        # Not `_null`: mypyc would name its C field `__null`, a GCC keyword.
+        self._null_records = {T_A: record(T_A, ttl, bytes(4)), T_AAAA: record(T_AAAA, ttl, bytes(16))}
         self.snapshot = snapshot
         self._arm()
 
@@ -276,7 +278,7 @@ class Policy(Step):
             self.rewritten += 1
             result = self.next(internal_query(query, found.target))
             if isinstance(result, Answer):
-                return combine(query, found.target, found.reason, result, cap)
+                return combine(query, found.target, found.reason, result, cap)  # type: ignore[return-value]
             return result.then(lambda inner: combine(query, found.target, found.reason, inner, cap))
         raise ValueError(f"unknown policy action {action!r}")
 
@@ -286,7 +288,7 @@ class Policy(Step):
         if how == "nxdomain":
             return reply(query, NXDOMAIN, authority=self._soa, nscount=1, ede=ede)
         if how == "null":
-            null = self._null.get(query.qtype)
+            null = self._null_records.get(query.qtype)
             if null is not None:
                 return reply(query, NOERROR, null, 1, ede=ede)
         # "nodata", or a null answer for a type that has no null address.

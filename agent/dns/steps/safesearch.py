@@ -82,8 +82,9 @@ def combine(
             rr.ttl = cap
         response.add_auth(rr)
     if query.edns_version >= 0:
-        ede = EDNSOption(15, ede_option(EDE_FORGED_ANSWER, reason)[4:])
-        response.add_ar(EDNS0(udp_len=1232, flags="do" if query.do else "", opts=[ede]))
+        # Its own name: `ede` above is bytes, and compiled code (mypyc) checks that type.
+        option = EDNSOption(15, ede_option(EDE_FORGED_ANSWER, reason)[4:])
+        response.add_ar(EDNS0(udp_len=1232, flags="do" if query.do else "", opts=[option]))
     # A rewrite is rebuilt at most once a second per packet: reuse only as long as the
     # target's answer itself stays the same (no cache entry: the TTLs must not tick alone).
     # Its kind is REWRITTEN whether the target came from the cache or the upstream: the query
