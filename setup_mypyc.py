@@ -1,11 +1,13 @@
 """Optional: compile the DNS miss path to C extensions with mypyc (same source, no hand C).
 
     .venv/bin/python setup_mypyc.py build_ext --inplace     # writes agent/**/*.so
-    .venv/bin/python setup_mypyc.py clean_mypyc             # removes them: plain Python again
+    make uncompile                                           # removes them: plain Python again
 
 The .py files stay the source of truth and the fallback: Python imports a module's .so when
-it sits next to the .py, else the .py. SAFENEST_MYPYC_MODULES (space-separated paths)
-overrides the list, for measuring one group at a time.
+it sits next to the .py, else the .py. After a successful build, agent/mypyc-build.json records
+the modules and a digest of their sources; agent/compiled_guard.py loads the .py files instead
+when they no longer match (an edit or a pull since the build). MYPYC_MODULES (space-separated
+paths) overrides the list, for measuring one group at a time.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from setuptools import Command, setup
+from setuptools import setup
 
 # The modules a forwarded miss runs through, in the order the measurements added them.
 MODULES = [
@@ -44,43 +46,27 @@ MODULES = [
 ]
 
 
-class CleanMypyc(Command):
-    """Delete the compiled modules and mypyc's build directory."""
-
-    user_options: list = []
-
-    def initialize_options(self) -> None:
-        pass
-
-    def finalize_options(self) -> None:
-        pass
-
-    def run(self) -> None:
-        root = Path(__file__).parent
-        for so in [*root.glob("agent/**/*.so"), *root.glob("*__mypyc*.so")]:
-            so.unlink()
-            print("removed", so)
-
-
 def modules() -> list[str]:
-    chosen = os.environ.get("SAFENEST_MYPYC_MODULES")
+    chosen = os.environ.get("MYPYC_MODULES")
     return chosen.split() if chosen else MODULES
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["clean_mypyc"]:
-        setup(name="safenest-mypyc", cmdclass={"clean_mypyc": CleanMypyc}, py_modules=[])
-    else:
-        from mypyc.build import mypycify
+    from mypyc.build import mypycify
 
-        setup(
-            name="safenest-mypyc",
-            py_modules=[],
-            ext_modules=mypycify(
-                ["--ignore-missing-imports", "--follow-imports=silent", *modules()],
-                opt_level=os.environ.get("MYPYC_OPT_LEVEL", "3"),
-                # The shared library goes inside the package (agent/compiled__mypyc*.so), so
-                # it is found wherever `agent` is (an editable install maps only packages).
-                group_name="agent.compiled",
-            ),
-        )
+    setup(
+        name="safenest-mypyc",
+        py_modules=[],
+        ext_modules=mypycify(
+            ["--ignore-missing-imports", "--follow-imports=silent", *modules()],
+            opt_level=os.environ.get("MYPYC_OPT_LEVEL", "3"),
+            # The shared library goes inside the package (agent/compiled__mypyc*.so), so it
+            # is found wherever `agent` is (an editable install maps only packages).
+            group_name="agent.compiled",
+        ),
+    )
+    # Only now (a failed build exits above): the record that makes the .so files count.
+    sys.path.insert(0, str(Path(__file__).parent))
+    from agent.compiled_guard import record_build
+
+    print("recorded", len(record_build(Path(__file__).parent / "agent")["modules"]), "modules")

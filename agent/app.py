@@ -25,6 +25,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
+from . import compiled_guard
 from .devices import (
     NeighbourTable,
     RandomizedMacWarnings,
@@ -194,6 +195,10 @@ class Agent:
         if self.querylog is not None:
             self.querylog.start(self._loop)  # the hand-off runs between packets
         self._start_admin()
+        if compiled_guard.STATE.startswith("stale"):
+            log.warning("running plain Python: %s (run `make compile` again)", compiled_guard.STATE[7:])
+        else:
+            log.info("modules: %s", "compiled by mypyc" if compiled_guard.STATE == "compiled" else "plain Python")
         for step in self.steps:
             log.info("chain: %s", step.describe())
         for proto, host, port in self.server.addresses:

@@ -45,7 +45,12 @@ def test_reads_edns(kwargs, version, size, do, shape):
     if "payload" not in kwargs and kwargs.get("use_edns") is not None or kwargs.get("want_dnssec"):
         kwargs.setdefault("payload", 1232)
     query = Query(q(**kwargs).to_wire())
-    assert (query.edns_version, query.udp_size, query.do, query.key[3]) == (version, size, do, shape)
+    assert (query.edns_version, query.udp_size, query.do, query.key[3]) == (
+        version,
+        size,
+        do,
+        shape,
+    )
 
 
 def test_key_ignores_case_and_separates_types_and_do():
@@ -77,10 +82,19 @@ QUESTION = b"\x07example\x03com\x00\x00\x01\x00\x01"
         (header() + b"\x07example\x03com\x00\x00", wire.FORMERR),  # type/class cut short
         (header() + b"\xc0\x0c\x00\x01\x00\x01", wire.FORMERR),  # pointer in the question
         (header() + b"\x50" + b"a" * 80 + b"\x00\x00\x01\x00\x01", wire.FORMERR),  # label > 63
-        (header() + b"\x3f" + b"a" * 63 + (b"\x3f" + b"a" * 63) * 4 + b"\x00\x00\x01\x00\x01", wire.FORMERR),
+        (
+            header() + b"\x3f" + b"a" * 63 + (b"\x3f" + b"a" * 63) * 4 + b"\x00\x00\x01\x00\x01",
+            wire.FORMERR,
+        ),
         (header(ar=1) + QUESTION + b"\x00\x00\x29", wire.FORMERR),  # OPT cut short
-        (header(ar=2) + QUESTION + (b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00") * 2, wire.FORMERR),
-        (header(ar=1) + QUESTION + b"\x01a\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00", wire.FORMERR),
+        (
+            header(ar=2) + QUESTION + (b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00") * 2,
+            wire.FORMERR,
+        ),
+        (
+            header(ar=1) + QUESTION + b"\x01a\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00",
+            wire.FORMERR,
+        ),
     ],
 )
 def test_malformed_queries(packet, rcode):
@@ -94,7 +108,12 @@ def test_error_reply_keeps_id_and_opcode_without_a_question():
     reply = wire.error_reply(packet, wire.NOTIMP)
     assert reply is not None
     ident, flags, qd, an, ns, ar = struct.unpack("!6H", reply)
-    assert ident == 0xBEEF and flags & 0x8000 and (flags >> 11) & 0xF == 5 and flags & 0xF == wire.NOTIMP
+    assert (
+        ident == 0xBEEF
+        and flags & 0x8000
+        and (flags >> 11) & 0xF == 5
+        and flags & 0xF == wire.NOTIMP
+    )
     assert (qd, an, ns, ar) == (0, 0, 0, 0)
 
 
@@ -115,7 +134,11 @@ def rr(text: str) -> dns.rrset.RRset:
 
 def test_check_response_accepts_a_matching_answer_and_finds_ttls():
     request = q("www.example.com")
-    data = response_for(request, rr("www.example.com. 300 IN CNAME web.example.com."), rr("web.example.com. 60 IN A 192.0.2.1"))
+    data = response_for(
+        request,
+        rr("www.example.com. 300 IN CNAME web.example.com."),
+        rr("web.example.com. 60 IN A 192.0.2.1"),
+    )
     query = Query(request.to_wire())
     info = check_response(data, request.id, query.question)
     assert info is not None
@@ -175,15 +198,25 @@ def test_negative_ttl_is_the_smaller_of_soa_ttl_and_minimum():
     assert cache_ttl(info, 86400, 3600) == 120
     assert cache_ttl(info, 86400, 60) == 60
     # Without an SOA a negative answer is not cached (RFC 2308).
-    bare = check_response(response_for(request, rcode=dns.rcode.NXDOMAIN), request.id, Query(request.to_wire()).question)
+    bare = check_response(
+        response_for(request, rcode=dns.rcode.NXDOMAIN),
+        request.id,
+        Query(request.to_wire()).question,
+    )
     assert cache_ttl(bare, 86400, 3600) == 0
-    servfail = check_response(response_for(request, rcode=dns.rcode.SERVFAIL), request.id, Query(request.to_wire()).question)
+    servfail = check_response(
+        response_for(request, rcode=dns.rcode.SERVFAIL),
+        request.id,
+        Query(request.to_wire()).question,
+    )
     assert cache_ttl(servfail, 86400, 3600) == 0
 
 
 def test_cached_answer_is_patched_with_id_case_and_counted_down_ttl():
     first = q("www.example.com", use_edns=0, payload=1232)
-    data = response_for(first, rr("www.example.com. 300 IN A 192.0.2.1"), rr("www.example.com. 300 IN A 192.0.2.2"))
+    data = response_for(
+        first, rr("www.example.com. 300 IN A 192.0.2.1"), rr("www.example.com. 300 IN A 192.0.2.2")
+    )
     query = Query(first.to_wire())
     info = check_response(data, first.id, query.question)
     cache = AnswerCache(100, 1 << 20, 86400, 3600, 86400)
@@ -208,14 +241,20 @@ def test_cached_answer_is_patched_with_id_case_and_counted_down_ttl():
 
 def test_a_capped_copy_lowers_only_the_ttls_above_the_cap_as_they_count_down():
     request = q("www.example.com", use_edns=0, payload=1232)
-    data = response_for(request, rr("www.example.com. 300 IN CNAME web.example.com."), rr("web.example.com. 60 IN A 192.0.2.1"))
+    data = response_for(
+        request,
+        rr("www.example.com. 300 IN CNAME web.example.com."),
+        rr("web.example.com. 60 IN A 192.0.2.1"),
+    )
     query = Query(request.to_wire())
     entry = AnswerCache(100, 1 << 20, 86400, 3600, 86400).entry_for(
         query.key, data, check_response(data, request.id, query.question), wire.RD, now=1000.0
     )
 
     def ttls(now, cap):
-        return [rrset.ttl for rrset in dns.message.from_wire(entry.serve(query, now, cap=cap)).answer]
+        return [
+            rrset.ttl for rrset in dns.message.from_wire(entry.serve(query, now, cap=cap)).answer
+        ]
 
     assert ttls(1000.0, 100) == [100, 60]
     assert ttls(1000.0, None) == [300, 60]  # the entry itself is never capped
@@ -230,7 +269,9 @@ def test_cache_is_bounded_by_entries_and_bytes_lru():
         request = q(f"n{i}.example.com")
         query = Query(request.to_wire())
         data = response_for(request, rr(f"n{i}.example.com. 300 IN A 192.0.2.{i}"))
-        cache.entry_for(query.key, data, check_response(data, request.id, query.question), wire.RD, now=0.0)
+        cache.entry_for(
+            query.key, data, check_response(data, request.id, query.question), wire.RD, now=0.0
+        )
         keys.append(query.key)
         if i == 2:
             assert cache.fresh(keys[0], 1.0) is not None  # touch n0: n1 becomes the oldest
@@ -242,5 +283,67 @@ def test_cache_is_bounded_by_entries_and_bytes_lru():
         request = q(f"n{i}.example.com")
         query = Query(request.to_wire())
         data = response_for(request, rr(f"n{i}.example.com. 300 IN A 192.0.2.{i}"))
-        small.entry_for(query.key, data, check_response(data, request.id, query.question), wire.RD, now=0.0)
+        small.entry_for(
+            query.key, data, check_response(data, request.id, query.question), wire.RD, now=0.0
+        )
     assert 0 < small.bytes <= 2000 and len(small) < 20
+
+
+def _mutants(rng, seeds: list[bytes], count: int):
+    """Packets a child on the LAN could send: random bytes, cuts, flipped bytes, spliced ones."""
+    for i in range(count):
+        seed = seeds[i % len(seeds)]
+        kind = i % 5
+        if kind == 0:
+            yield rng.randbytes(rng.randrange(0, 64))
+        elif kind == 1:
+            yield seed[: rng.randrange(len(seed) + 1)]
+        elif kind == 2:
+            packet = bytearray(seed)
+            for _ in range(rng.randint(1, 4)):
+                packet[rng.randrange(len(packet))] = rng.randrange(256)
+            yield bytes(packet)
+        elif kind == 3:  # header counts that promise more records than there are
+            packet = bytearray(seed)
+            struct.pack_into("!4H", packet, 4, 1, *(rng.randrange(4) for _ in range(3)))
+            yield bytes(packet)
+        else:
+            other = seeds[rng.randrange(len(seeds))]
+            yield seed[: rng.randrange(12, len(seed) + 1)] + other[rng.randrange(len(other)) :]
+
+
+def test_any_packet_gives_a_query_or_malformed_and_agrees_with_dnspython():
+    """20,000 hostile packets: Query() raises nothing but Malformed (anything else would be our
+    bug: SERVFAIL and a log line per packet), and what it reads is what dnspython reads. Run
+    by CI on the plain and on the compiled (mypyc) modules alike."""
+    import random
+
+    rng = random.Random(20261128)
+    seeds = [
+        dns.message.make_query("www.example.test", "A").to_wire(),
+        dns.message.make_query(
+            "Mixed.Case.Example", "AAAA", use_edns=0, want_dnssec=True
+        ).to_wire(),
+        dns.message.make_query("a.b.c.d.e.f.example", "HTTPS", use_edns=0, payload=4096).to_wire(),
+        dns.message.make_query(
+            "x" * 63 + ".test", "TXT", use_edns=0, options=[dns.edns.GenericOption(10, b"12345678")]
+        ).to_wire(),
+    ]
+    parsed = 0
+    for packet in _mutants(rng, seeds, 20_000):
+        try:
+            query = Query(packet, "192.168.1.9")
+        except Malformed as exc:
+            assert exc.rcode in (None, dns.rcode.FORMERR, dns.rcode.NOTIMP)
+            continue
+        parsed += 1
+        assert query.question_end <= len(packet)
+        assert query.key == (query.qname.lower(), query.qtype, query.qclass, query.key[3])
+        try:
+            theirs = dns.message.from_wire(packet, question_only=True)
+        except Exception:
+            continue  # dnspython refuses more (e.g. a bad label in a record we skip)
+        question = theirs.question[0]
+        assert query.qname_key == question.name.to_wire().lower()  # bytes: no escaping to compare
+        assert (query.qtype, query.qclass) == (question.rdtype, question.rdclass)
+    assert parsed > 2_000  # most seeds survive a flipped byte: the comparison really ran
