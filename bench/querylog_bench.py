@@ -9,8 +9,8 @@
    privacy full), its hand-off (on a loop of its own here, in a thread) and its writer
    process; this thread calls record() at
    ``--rate`` entries/s, paced every 2 ms, for ``--seconds``. Measured: the mean record()
-   cost under load; the CPU of this process's query log threads (the hand-off, the supervisor
-   and the reader of the writer's acknowledgements: utime + stime of
+   cost under load; the CPU of this process's query log threads (the hand-off, which also
+   reads the writer's acknowledgements, and the supervisor: utime + stime of
    /proc/self/task/TID/stat), which is what
    the log still costs the DNS process besides record(); the writer process's CPU
    (/proc/PID/stat), the bytes it wrote (wchar: what SQLite handed to write(); write_bytes:
@@ -339,7 +339,7 @@ def sustained(workdir: Path, wire_entries: list[tuple], rate: int, seconds: floa
     pid = ql.writer_pid
     memory_idle = process_memory_kib(pid)
     # This process's share: in `safenest run` the hand-off's work is done by the DNS thread.
-    threads = [ql._own_loop.native_id, ql._supervisor.native_id, ql._child.reader.native_id]
+    threads = [ql._own_loop.native_id, ql._supervisor.native_id]
 
     def here_cpu() -> float:
         return sum(thread_cpu(tid) for tid in threads)

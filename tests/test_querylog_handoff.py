@@ -25,11 +25,24 @@ F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 
 
 class FakeChild:
-    """What LoopSender uses of a writer: the pipe it writes and the count of items sent."""
+    """What LoopSender uses of a writer: the pipe it writes, the pipe of its answers and the
+    count of items sent. `answers` is the writer's end of the second pipe."""
 
     def __init__(self, fd: int):
         self.inbox = Connection(fd, readable=False)
+        r, w = os.pipe()
+        self.acks = Connection(r, writable=False)
+        self.answers = Connection(w, readable=False)
         self.sent = 0
+        self.heard: list = []
+        self.gone = threading.Event()
+
+    def attach_to(self, sender: LoopSender) -> None:
+        sender.attach(self, self.heard.append, self.gone.set)
+
+    def close(self) -> None:
+        for end in (self.inbox, self.acks, self.answers):
+            end.close()
 
 
 @pytest.fixture
@@ -85,14 +98,14 @@ def pipe():
     child = FakeChild(w)
     yield reader, child
     reader.close()
-    child.inbox.close()
+    child.close()
 
 
 def test_every_entry_arrives_in_order_in_chunks(loop, pipe):
     reader, child = pipe
     queue = deque(entry(i) for i in range(1_000))
     sender = LoopSender(loop, queue, lambda: 1.0)
-    on_loop(loop, lambda: sender.attach(child))
+    on_loop(loop, lambda: child.attach_to(sender))
     assert read_entries(reader, 1_000) == [entry(i) for i in range(1_000)]
     assert child.sent == 1_000 and not queue
     on_loop(loop, sender.detach)
@@ -104,7 +117,7 @@ def test_a_full_pipe_keeps_the_rest_until_there_is_room(loop, pipe):
     n = 4 * room // 60  # several pipes' worth: the writes must wait for the reader
     queue = deque(entry(i) for i in range(n))
     sender = LoopSender(loop, queue, lambda: 1.0)
-    on_loop(loop, lambda: sender.attach(child))
+    on_loop(loop, lambda: child.attach_to(sender))
     # Nobody reads yet: the loop must not block, and what has no room waits in `out`.
     assert wait_for(lambda: on_loop(loop, lambda: not queue))
     assert on_loop(loop, lambda: len(sender.out)) > room
@@ -119,7 +132,7 @@ def test_a_stuck_reader_fills_out_to_its_limit_then_the_queue_keeps_the_rest(
     monkeypatch.setattr(handoff, "OUT_LIMIT", 64 * 1024)
     queue = deque(entry(i) for i in range(20_000))
     sender = LoopSender(loop, queue, lambda: 1.0)
-    on_loop(loop, lambda: sender.attach(child))
+    on_loop(loop, lambda: child.attach_to(sender))
     # Several looks while nobody reads.
     threading.Event().wait(3 * handoff.POLL)
     waiting = on_loop(loop, lambda: len(sender.out))
@@ -134,9 +147,9 @@ def test_detached_mid_frame_the_stream_goes_on_whole(loop, pipe):
     n = 2 * room // 60
     queue = deque(entry(i) for i in range(n))
     sender = LoopSender(loop, queue, lambda: 1.0)
-    on_loop(loop, lambda: sender.attach(child))
+    on_loop(loop, lambda: child.attach_to(sender))
     assert wait_for(lambda: on_loop(loop, lambda: not queue))
-    begun = on_loop(loop, sender.detach)
+    begun, _ = on_loop(loop, sender.detach)
     assert begun  # the pipe was full: part of a frame had not been written
     assert os.get_blocking(child.inbox.fileno())  # blocking again, for the stop path
     # QueryLog.stop's path: the begun frame first, then the rest by blocking sends.
@@ -153,14 +166,42 @@ def test_detached_mid_frame_the_stream_goes_on_whole(loop, pipe):
     assert got == [entry(i) for i in range(n)]
 
 
-def test_a_broken_pipe_detaches_without_raising_into_the_loop(loop, pipe):
+def test_a_broken_pipe_stops_sending_and_the_end_of_the_answers_says_gone(loop, pipe):
     reader, child = pipe
     reader.close()  # the writer died
     queue = deque(entry(i) for i in range(100))
     sender = LoopSender(loop, queue, lambda: 1.0)
-    on_loop(loop, lambda: sender.attach(child))
-    assert wait_for(lambda: on_loop(loop, lambda: sender.child) is None)
+    on_loop(loop, lambda: child.attach_to(sender))
+    assert wait_for(lambda: child.sent > 0)
+    threading.Event().wait(3 * handoff.POLL)  # more looks: nothing more is taken
     # The chunk that met the broken pipe is counted as sent (the supervisor counts it as
     # lost); the rest stays queued for the next writer.
     assert child.sent == handoff.CHUNK
     assert list(queue) == [entry(i) for i in range(handoff.CHUNK, 100)]
+    assert not child.gone.is_set()
+    child.answers.close()  # its process ended: the end of its answers
+    assert child.gone.wait(5)
+
+
+def test_answers_are_read_on_the_loop_also_when_a_frame_comes_in_pieces(loop, pipe):
+    _reader, child = pipe
+    sender = LoopSender(loop, deque(), lambda: 1.0)
+    on_loop(loop, lambda: child.attach_to(sender))
+    child.answers.send_bytes(pickle.dumps(("counts", 1, 2, 3, 4, 5)))
+    assert wait_for(lambda: child.heard == [("counts", 1, 2, 3, 4, 5)])
+    whole = handoff.frame(("done", 7, None)) + handoff.frame(("counts", 9, 9, 0, 1, 0))
+    fd = child.answers.fileno()
+    os.write(fd, whole[:3])  # not even a whole length
+    threading.Event().wait(0.1)
+    os.write(fd, whole[3:20])
+    threading.Event().wait(0.1)
+    assert len(child.heard) == 1
+    os.write(fd, whole[20:])
+    assert wait_for(lambda: len(child.heard) == 3)
+    assert child.heard[1:] == [("done", 7, None), ("counts", 9, 9, 0, 1, 0)]
+    # Detached, the bytes of a frame begun are handed back with the frames begun for writing.
+    os.write(fd, whole[:10])
+    threading.Event().wait(0.1)
+    _begun, acks = on_loop(loop, sender.detach)
+    assert bytes(acks) == whole[:10]
+    assert os.get_blocking(child.acks.fileno())

@@ -13,6 +13,11 @@ taken, so the queue fills and drops (counted) instead of anything waiting. Frame
 framing of multiprocessing.connection (a 4-byte big-endian length, then a pickle), which
 the writer reads with Connection.recv_bytes.
 
+The writer's acknowledgements (its counters, the commands done) are read here too, when the
+loop sees them arrive, for the same reason: a thread of the DNS process that waits for them
+wakes up after every write of the writer and asks for the GIL. The end of them (EOF) means
+the writer is gone: `on_gone` tells QueryLog's supervisor.
+
 Everything here runs on the loop's thread; QueryLog's supervising thread attaches a writer
 and detaches it through `call_soon_threadsafe` (see QueryLog._on_loop).
 """
@@ -42,6 +47,19 @@ def frame(message) -> bytes:
     return _HEADER.pack(len(payload)) + payload
 
 
+def unframe(buffer: bytearray) -> list:
+    """The whole frames at the start of `buffer`, unpickled and removed from it (a frame cut
+    short stays for the next read)."""
+    messages = []
+    while len(buffer) >= 4:
+        size = _HEADER.unpack_from(buffer)[0]
+        if len(buffer) < 4 + size:
+            break
+        messages.append(pickle.loads(buffer[4 : 4 + size]))
+        del buffer[: 4 + size]
+    return messages
+
+
 class LoopSender:
     """Sends a QueryLog's queue to one writer at a time, from `loop`'s callbacks."""
 
@@ -51,38 +69,56 @@ class LoopSender:
         self.clock = clock
         self.child = None  # the writer attached (a querylog.log._Child), or None
         self.out = bytearray()  # frame bytes the pipe had no room for
+        self.acks = bytearray()  # acknowledgement bytes read, not a whole frame yet
         self._fd = -1
+        self._acks_fd = -1
+        self._on_message: Callable[[object], None] | None = None
+        self._on_gone: Callable[[], None] | None = None
         self._left = 0  # items still to send in this look
         self._next: asyncio.Handle | asyncio.TimerHandle | None = None
         self._waiting_for_room = False
 
-    def attach(self, child) -> None:
-        """Hand the queue to `child` from now on (its config and resent commands are sent)."""
+    def attach(
+        self, child, on_message: Callable[[object], None], on_gone: Callable[[], None]
+    ) -> None:
+        """Hand the queue to `child` from now on (its config and resent commands are sent);
+        its acknowledgements go to `on_message`, and `on_gone` is called when they end."""
         self.detach()
         self.child = child
+        self._on_message, self._on_gone = on_message, on_gone
         self._fd = child.inbox.fileno()
         os.set_blocking(self._fd, False)
+        self._acks_fd = child.acks.fileno()
+        os.set_blocking(self._acks_fd, False)
+        self.loop.add_reader(self._acks_fd, self._read_acks)
         self._next = self.loop.call_soon(self._look)
 
-    def detach(self) -> bytes:
-        """Stop sending; returns the bytes of frames begun but not written, which must go
-        first if the stream goes on (QueryLog.stop writes them and then the rest itself)."""
+    def detach(self) -> tuple[bytes, bytearray]:
+        """Stop sending and reading. Returns the bytes of frames begun but not written, which
+        must go first if the stream goes on, and the acknowledgement bytes read but not yet a
+        whole frame (QueryLog.stop goes on with both, from its own thread)."""
         if self._next is not None:
             self._next.cancel()
             self._next = None
         if self._waiting_for_room:
             self.loop.remove_writer(self._fd)
             self._waiting_for_room = False
-        rest = bytes(self.out)
+        if self._acks_fd >= 0:
+            self.loop.remove_reader(self._acks_fd)
+        rest, acks = bytes(self.out), bytearray(self.acks)
         self.out.clear()
+        self.acks.clear()
         if self.child is not None:
-            try:
-                os.set_blocking(self._fd, True)
-            except OSError:
-                pass  # closed: the writer is gone
+            for fd in (self._fd, self._acks_fd):
+                try:
+                    if fd >= 0:
+                        os.set_blocking(fd, True)
+                except OSError:
+                    pass  # closed: the writer is gone
         self.child = None
-        self._fd = -1
-        return rest
+        self._fd = self._acks_fd = -1
+        self._on_message = self._on_gone = None
+        return rest, acks
 
     def _look(self) -> None:
         """What is queued now is sent, a slice at a time; later arrivals wait for the next
@@ -93,7 +129,7 @@ class LoopSender:
     def _slice(self) -> None:
         self._next = None
         child = self.child
-        if child is None:
+        if child is None or self._fd < 0:
             return
         queue = self.queue
         if self._left > 0 and queue and len(self.out) < OUT_LIMIT:
@@ -138,7 +174,32 @@ class LoopSender:
             self.loop.remove_writer(self._fd)
             self._waiting_for_room = False
 
+    def _read_acks(self) -> None:
+        try:
+            data = os.read(self._acks_fd, 65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # the writer closed them: it exited
+            self.loop.remove_reader(self._acks_fd)
+            self._acks_fd = -1
+            if self._on_gone is not None:
+                self._on_gone()
+            return
+        self.acks += data
+        for message in unframe(self.acks):
+            if self._on_message is not None:
+                self._on_message(message)
+
     def _broken(self) -> None:
-        """The writer's pipe broke (it died): stop. Its supervisor sees the end of its answers,
-        counts what it held as lost and starts another."""
-        self.detach()
+        """The writer's pipe broke (it died): stop sending. The end of its acknowledgements
+        follows, and its supervisor counts what it held as lost and starts another."""
+        if self._next is not None:
+            self._next.cancel()
+            self._next = None
+        if self._waiting_for_room:
+            self.loop.remove_writer(self._fd)
+            self._waiting_for_room = False
+        self.out.clear()
+        self._fd = -1

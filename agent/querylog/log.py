@@ -14,11 +14,12 @@ off). The child has its own interpreter and GIL, and on a Pi its own core.
 What stays in the DNS process is the hand-off (agent/querylog/handoff.py): every POLL
 seconds the DNS thread's own event loop takes up to CHUNK entries off the deque at a time
 (``popleft`` called from C, no Python per entry) and writes them to the child's pipe as one
-pickle, a slice per callback, between packets. Not a thread of its own: a second thread
-pickling entries makes the DNS thread wait for the GIL. The pipe is non-blocking: when it is
-full, entries stay in the deque, which keeps its bound and drops. Two small threads that are
-asleep while the writer runs well: the supervisor (it starts the child, restarts it, stops
-it) and the reader of the child's acknowledgements (its counters, the commands done).
+pickle, a slice per callback, between packets, and reads the child's acknowledgements (its
+counters, the commands done) when they arrive. Not threads of their own: a second thread
+of the DNS process, pickling entries or waking up for each acknowledgement, makes the DNS
+thread wait for the GIL. The pipe is non-blocking: when it is full, entries stay in the
+deque, which keeps its bound and drops. One small thread sleeps while the writer runs well:
+the supervisor, which starts the child, restarts it and stops it.
 
 Privacy changes and a profile's deletion are `Command`s appended to the same deque as the
 entries, so the child sees them in order: the entries queued before a stricter level are
@@ -59,7 +60,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from ..storage.querylog import GLOBAL, PRIVACY_LEVELS, QueryLogStore
-from .handoff import CHUNK, LoopSender
+from .handoff import CHUNK, LoopSender, unframe
 from .writer import PROTOCOL, Command, Writer
 
 log = logging.getLogger(__name__)
@@ -108,18 +109,16 @@ class _Waiter:
 
 
 class _Child:
-    """One writer process, its two pipes and the thread that reads its acknowledgements."""
+    """One writer process and its two pipes."""
 
     def __init__(self, proc: subprocess.Popen, inbox: Connection, acks: Connection):
         self.proc = proc
         self.inbox = inbox  # we write the stream here
-        self.acks = acks  # and read its answers here
-        self.ready = threading.Event()
+        self.acks = acks  # and read its answers here (on the loop, see handoff.py)
         self.gone = threading.Event()  # its answers ended: it exited (or closed them)
         self.failed: str | None = None  # why it could not open the file
         self.counts: tuple[int, ...] = (0,) * COUNTS  # its totals, as last acknowledged
         self.sent = 0  # items of the stream sent to it (entries and commands)
-        self.reader: threading.Thread | None = None
 
     def send(self, message) -> None:
         self.inbox.send_bytes(pickle.dumps(message, PROTOCOL))
@@ -131,14 +130,12 @@ class _Child:
             pass
 
     def reap(self, timeout: float) -> None:
-        """Wait for the process (killed after `timeout`) and for the end of its answers."""
+        """Wait for the process (killed after `timeout`) and close its pipes."""
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
             self.proc.wait()
-        if self.reader is not None:
-            self.reader.join(5)
         self.inbox.close()
         self.acks.close()
 
@@ -425,10 +422,6 @@ class QueryLog:
             os.close(r_in)
             os.close(w_out)
         child = _Child(proc, Connection(w_in, readable=False), Connection(r_out, writable=False))
-        child.reader = threading.Thread(
-            target=self._read, args=(child,), name="querylog-acks", daemon=True
-        )
-        child.reader.start()
         try:
             child.send(
                 {
@@ -446,41 +439,78 @@ class QueryLog:
             )
         except OSError:
             pass  # it died at once: seen below
-        deadline = time.monotonic() + START_WAIT
-        while not child.ready.wait(0.05):
-            if child.gone.is_set() or time.monotonic() > deadline or self._abandon:
-                child.kill()
-                child.reap(5)
-                self._start_error = child.failed or (
-                    child.status() if child.gone.is_set() else "not ready in time"
-                )
-                return None
+        if not self._handshake(child):
+            child.kill()
+            child.reap(5)
+            self._start_error = child.failed or (
+                child.status() if child.gone.is_set() else "not ready in time"
+            )
+            return None
         with self._lock:
             self._child = child
         return child
 
-    def _read(self, child: _Child) -> None:
-        """The acknowledgements of one writer, until it exits."""
-        try:
-            while True:
+    def _handshake(self, child: _Child) -> bool:
+        """Wait (this thread) for the new writer to say it opened the file: True when ready."""
+        deadline = time.monotonic() + START_WAIT
+        while not self._abandon:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            try:
+                if not child.acks.poll(min(left, 1.0)):
+                    continue
                 message = pickle.loads(child.acks.recv_bytes())
-                what = message[0]
-                if what == "counts":
-                    child.counts = message[1:]
-                elif what == "done":
-                    self._done(message[1], message[2])
-                elif what == "ready":
-                    child.ready.set()
-                elif what == "failed":
-                    child.failed = message[1]
-        except (EOFError, OSError):
-            pass
-        except Exception:
-            log.exception("query log: unreadable answer from the writer process")
-            child.kill()
-        finally:
+            except (EOFError, OSError):
+                child.gone.set()  # it exited ("failed" came first when it could say why)
+                return False
+            if message[0] == "ready":
+                return True
+            self._acknowledged(child, message)
+        return False
+
+    def _acknowledged(self, child: _Child, message) -> None:
+        """One message of the writer's (on the hand-off's loop, or in stop's thread)."""
+        what = message[0]
+        if what == "counts":
+            child.counts = message[1:]
+        elif what == "done":
+            self._done(message[1], message[2])
+        elif what == "failed":
+            child.failed = message[1]
+
+    def _attach(self, child: _Child) -> None:
+        """On the loop: the sender takes `child`; its answers are read there too."""
+
+        def on_message(message) -> None:
+            try:
+                self._acknowledged(child, message)
+            except Exception:
+                log.exception("query log: unreadable answer from the writer process")
+                child.kill()
+
+        def on_gone() -> None:
             child.gone.set()
             self._wake.set()
+
+        self._sender.attach(child, on_message, on_gone)
+
+    def _drain_acks(self, child: _Child, pending: bytearray, timeout: float) -> None:
+        """After the last message: the writer's answers until it exits (this thread)."""
+        fd = child.acks.fileno()
+        deadline = time.monotonic() + timeout
+        for message in unframe(pending):
+            self._acknowledged(child, message)
+        while time.monotonic() < deadline:
+            if not child.acks.poll(max(0.0, deadline - time.monotonic())):
+                break
+            data = os.read(fd, 65536)
+            if not data:
+                break
+            pending += data
+            for message in unframe(pending):
+                self._acknowledged(child, message)
+        child.gone.set()
 
     def _pump(self, child: _Child) -> bool:
         """Hand the stream to `child` until it dies (False) or stop() (True, once it exited)."""
@@ -490,21 +520,24 @@ class QueryLog:
             if redo:
                 child.send((self.clock(), redo))
                 child.sent += len(redo)
-            self._on_loop(lambda: self._sender.attach(child))
+            self._on_loop(lambda: self._attach(child))
             while True:  # asleep while the loop hands the queue over
                 self._wake.clear()
                 if child.gone.is_set() or self._stopping.is_set():
                     break
                 self._wake.wait(5.0)
-            begun = self._on_loop(self._sender.detach)
+            begun, acks = self._on_loop(self._sender.detach)
             if child.gone.is_set() or not self._stopping.is_set():
+                for message in unframe(acks):  # the last counts it sent before it died
+                    self._acknowledged(child, message)
                 return False
-            # Stopping: the rest of the stream from this thread, the pipe blocking again.
+            # Stopping: the rest of the stream from this thread, the pipes blocking again.
             _write_all(child.inbox.fileno(), begun)
             left = len(queue)  # what the resolver queued before stop()
             while left > 0 and queue:
                 left -= self._send_chunk(child)
             child.send((self.clock(), None))  # write what you have and exit
+            self._drain_acks(child, acks, max(0.5, self._deadline - time.monotonic()))
             child.reap(max(0.5, self._deadline - time.monotonic()))
             return True
         except (OSError, ValueError):
