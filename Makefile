@@ -26,7 +26,7 @@ test: $(STAMP)
 # stay the source and the fallback: compiled modules older than their sources are not used
 # (agent/compiled_guard.py). `make uncompile` goes back to plain Python.
 compile: $(STAMP)
-	$(BIN)/pip install -q -e '.[test,compile]'
+	$(BIN)/pip install -q -e '.[compile]'
 	$(BIN)/python setup_mypyc.py build_ext --inplace
 
 uncompile:
