@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 from agent.cli import main
 from agent.querylog import QueryLog, QueryLogStore
+from agent.querylog import cli as querylog_cli
 from agent.storage.querylog import QUERY_COLUMNS, ROLLUP_COLUMNS, Entry, hour_of
 
 SCRIPT = Path(sys.executable).with_name("safenest")
@@ -290,7 +291,8 @@ def test_delete_and_export_while_the_writer_runs(data):
         ql.record("192.168.1.31", "c.example", 1, "forwarded", profile="lan")
         ql.record("192.168.1.32", "a.example", 1, "forwarded", profile="minh")
         wait_for(lambda: len(read_back(data)) == 4)
-        today = datetime.now(UTC).date().isoformat()
+        # Days are the policy's (Asia/Ho_Chi_Minh, UTC+7): from 17:00 UTC it is tomorrow there.
+        today = datetime.now(querylog_cli._zone(data)).date().isoformat()
         exported = run("log", "export", "--from", "2000-01-01", "--to", today, "--data", str(data))
         assert exported.exit_code == 0, exported.output
     finally:
