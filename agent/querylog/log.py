@@ -275,7 +275,12 @@ class QueryLog:
             self._own_loop = threading.Thread(
                 target=loop.run_forever, name="querylog-handoff", daemon=True
             )
+            running = threading.Event()
+            loop.call_soon(running.set)
             self._own_loop.start()
+            # Running before the supervisor uses it: _on_loop calls directly on a loop that does
+            # not run yet, and a loop asleep in select() would not see that call.
+            running.wait(10)
         self._loop = loop
         self._sender = LoopSender(loop, self._queue, self.clock)
         self._supervisor = threading.Thread(
