@@ -101,6 +101,18 @@ def _what_is_answered(decision, qtype: int, block_mode: str, cap: int | None) ->
     return {"nxdomain": "NXDOMAIN (no such name)"}.get(how, "no records (NODATA)")
 
 
+_DEVICE_NAME = re.compile(r"[a-z0-9_-]{1,63}")
+
+
+def _device_name(text: str) -> str | None:
+    """A dotless name (`printer`, `localhost`), which the resolver keeps on the LAN; None when it
+    is no such label (a bare number is an address, not a name)."""
+    label = text.strip().lower().removesuffix(".")
+    if _DEVICE_NAME.fullmatch(label) is None or label.isdigit():
+        return None
+    return label
+
+
 def _local_answer(settings, wire_name: bytes, qtype: int) -> tuple[str, str] | None:
     """(reason, answer) for a name the LocalZones link keeps on the LAN; None for the others."""
     from .dns.steps.local_zones import REASONS, local_zone, private_upstreams
@@ -153,7 +165,7 @@ def explain(domain, client, at, qtype, config, data) -> None:
     from .storage.policy_store import open_policy_store
 
     settings = _settings(config, data=data)
-    name = normalize_domain(domain)
+    name = normalize_domain(domain) or _device_name(domain)
     if name is None:
         raise click.ClickException(f"{domain!r} is not a domain name (give a name like www.example.com)")
     if client is not None:

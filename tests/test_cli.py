@@ -606,6 +606,24 @@ def test_explain_a_name_that_stays_on_the_lan(safenest, tmp_path, private, reaso
     assert "reason: localhost (RFC 6761)" in local.stdout
 
 
+@pytest.mark.parametrize(
+    "name,rtype,reason",
+    [
+        ("printer", "A", "local name: not sent upstream"),
+        ("PRINTER.", "AAAA", "local name: not sent upstream"),
+        ("localhost", "A", "localhost (RFC 6761)"),
+    ],
+)
+def test_explain_a_dotless_name(safenest, tmp_path, name, rtype, reason):
+    # Dotless A/AAAA names are the LAN's devices: the resolver never sends them upstream.
+    env = {"SAFENEST_PRIVATE_UPSTREAM": "none"}
+    child = run_to_end(
+        safenest, "explain", name, "--type", rtype, "--data", str(tmp_path / "d"), env=env
+    )
+    assert child.proc.returncode == 0, child.stderr
+    assert f"reason: {reason}\n" in child.stdout
+
+
 def test_explain_with_safenest_data_instead_of_data(safenest, tmp_path):
     data = tmp_path / "via-env"
     child = run_to_end(safenest, "explain", "www.adult.test", env={"SAFENEST_DATA": str(data)})
@@ -624,8 +642,10 @@ def test_explain_with_safenest_data_instead_of_data(safenest, tmp_path):
         "a." * 127 + "test",
         "https://www.fb88.test/page",
         "fb88 test",
+        "1234",
+        "x" * 64,
     ],
-    ids=["empty-label", "long-label", "long-name", "url", "space"],
+    ids=["empty-label", "long-label", "long-name", "url", "space", "number", "long-dotless"],
 )
 def test_explain_a_bad_name_is_a_clear_error(safenest, tmp_path, name):
     child = run_to_end(safenest, "explain", name, "--data", str(tmp_path / "d"))
