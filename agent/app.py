@@ -196,7 +196,7 @@ class Agent:
             self.querylog.start(self._loop)  # the hand-off runs between packets
         self._start_admin()
         if compiled_guard.STATE.startswith("stale"):
-            log.warning("running plain Python: %s (run `make compile` again)", compiled_guard.STATE[7:])
+            log.warning("running plain Python: %s (run `make compile` again)", compiled_guard.STATE.removeprefix("stale: "))
         else:
             log.info("modules: %s", "compiled by mypyc" if compiled_guard.STATE == "compiled" else "plain Python")
         for step in self.steps:

@@ -93,7 +93,7 @@ def test_nothing_is_written_before_a_batch_is_full_and_all_of_it_after(open_log)
     wait_until(lambda: ql.writer_pid is not None, "the writer process")
     for i in range(99):
         ql.record("192.168.1.20", f"n{i}.example", 1, AnswerKind.FORWARDED)
-    time.sleep(0.5)  # the feeder hands them over within 0.1 s; the writer must keep them
+    time.sleep(0.5)  # the hand-off sends them within 0.1 s; the writer must keep them
     assert ql.store.count_queries() == 0
     assert (ql.queued, ql.written, ql.flushes) == (99, 0, 0)
 

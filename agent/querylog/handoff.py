@@ -97,16 +97,10 @@ class LoopSender:
         """Stop sending and reading. Returns the bytes of frames begun but not written, which
         must go first if the stream goes on, and the acknowledgement bytes read but not yet a
         whole frame (QueryLog.stop goes on with both, from its own thread)."""
-        if self._next is not None:
-            self._next.cancel()
-            self._next = None
-        if self._waiting_for_room:
-            self.loop.remove_writer(self._fd)
-            self._waiting_for_room = False
+        rest, acks = bytes(self.out), bytearray(self.acks)
+        self._stop_sending()
         if self._acks_fd >= 0:
             self.loop.remove_reader(self._acks_fd)
-        rest, acks = bytes(self.out), bytearray(self.acks)
-        self.out.clear()
         self.acks.clear()
         if self.child is not None:
             for fd in (self._fd, self._acks_fd):
@@ -195,6 +189,11 @@ class LoopSender:
     def _broken(self) -> None:
         """The writer's pipe broke (it died): stop sending. The end of its acknowledgements
         follows, and its supervisor counts what it held as lost and starts another."""
+        self._stop_sending()
+        self._fd = -1  # _slice sends no more
+
+    def _stop_sending(self) -> None:
+        """No more slices, and no more waiting for room; the unwritten bytes are dropped."""
         if self._next is not None:
             self._next.cancel()
             self._next = None
@@ -202,4 +201,3 @@ class LoopSender:
             self.loop.remove_writer(self._fd)
             self._waiting_for_room = False
         self.out.clear()
-        self._fd = -1

@@ -11,8 +11,8 @@ entry, held the GIL of the DNS process when it was a thread of it, and the DNS t
 for it (at 5,000 queries/s the 99th percentile of the latency was 12 times that with the log
 off). The child has its own interpreter and GIL, and on a Pi its own core.
 
-What stays in the DNS process is the hand-off (agent/querylog/handoff.py): every POLL
-seconds the DNS thread's own event loop takes up to CHUNK entries off the deque at a time
+What stays in the DNS process is the hand-off (agent/querylog/handoff.py): every 0.1 s
+(handoff.POLL) the DNS thread's own event loop takes up to CHUNK entries off the deque at a time
 (``popleft`` called from C, no Python per entry) and writes them to the child's pipe as one
 pickle, a slice per callback, between packets, and reads the child's acknowledgements (its
 counters, the commands done) when they arrive. Not threads of their own: a second thread
