@@ -1,12 +1,14 @@
-"""Optional: compile the DNS miss path to C extensions with mypyc (same source, no hand C).
+"""Optional: compile the DNS path to C extensions with mypyc, and build agent/dns/_udpio.c.
 
     .venv/bin/python setup_mypyc.py build_ext --inplace     # writes agent/**/*.so
     make uncompile                                           # removes them: plain Python again
 
-The .py files stay the source of truth and the fallback: Python imports a module's .so when
-it sits next to the .py, else the .py. After a successful build, agent/mypyc-build.json records
-the modules and a digest of their sources; agent/compiled_guard.py loads the .py files instead
-when they no longer match (an edit or a pull since the build). MYPYC_MODULES (space-separated
+The one hand-written module, _udpio.c, does the UDP system calls in batches and reads no DNS
+(server.py uses recvfrom and sendto without it). The .py files stay the source of truth and
+the fallback: Python imports a module's .so when it sits next to the .py, else the .py. After
+a successful build, agent/mypyc-build.json records the modules and a digest of their sources
+(.py, or .c); agent/compiled_guard.py loads the .py files instead when they no longer match (an
+edit or a pull since the build), and leaves a stale _udpio unimported. MYPYC_MODULES (space-separated
 paths) overrides the list, for measuring one group at a time.
 """
 
@@ -16,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 
 # The modules a forwarded miss runs through, in the order the measurements added them.
 MODULES = [
@@ -57,7 +59,11 @@ if __name__ == "__main__":
     setup(
         name="safenest-mypyc",
         py_modules=[],
-        ext_modules=mypycify(
+        ext_modules=[
+            # Not mypyc: batched UDP system calls for the DNS sockets (agent/dns/_udpio.c).
+            Extension("agent.dns._udpio", ["agent/dns/_udpio.c"], extra_compile_args=["-O2"]),
+        ]
+        + mypycify(
             ["--ignore-missing-imports", "--follow-imports=silent", *modules()],
             opt_level=os.environ.get("MYPYC_OPT_LEVEL", "3"),
             # The shared library goes inside the package (agent/compiled__mypyc*.so), so it

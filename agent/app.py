@@ -38,7 +38,7 @@ from .devices.neighbours import REFRESH_SECONDS as NEIGHBOURS_REFRESH
 from .devices.neighbours import canonical_ip
 from .dns.cache import AnswerCache
 from .dns.pipeline import build_chain
-from .dns.server import DnsServer, parse_listen
+from .dns.server import DnsServer, batched_udp, parse_listen
 from .dns.steps.caching import Caching
 from .dns.steps.client_gate import ClientGate
 from .dns.steps.forwarding import Forwarding
@@ -199,6 +199,7 @@ class Agent:
             log.warning("running plain Python: %s (run `make compile` again)", compiled_guard.STATE.removeprefix("stale: "))
         else:
             log.info("modules: %s", "compiled by mypyc" if compiled_guard.STATE == "compiled" else "plain Python")
+        log.info("UDP: %s", "a burst per system call (_udpio)" if batched_udp() else "one datagram per system call")
         for step in self.steps:
             log.info("chain: %s", step.describe())
         for proto, host, port in self.server.addresses:

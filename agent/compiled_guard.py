@@ -41,7 +41,11 @@ def module_names(package_dir: Path) -> list[str]:
 
 
 def source_path(root: Path, name: str) -> Path:
-    return root / (name.replace(".", "/") + ".py")
+    """A compiled module's source: its .py, or the .c of a hand-written extension (_udpio)."""
+    base = root / name.replace(".", "/")
+    py = base.with_name(base.name + ".py")
+    c_source = base.with_name(base.name + ".c")
+    return c_source if not py.exists() and c_source.exists() else py
 
 
 def sources_digest(root: Path, names: list[str]) -> str:
@@ -83,7 +87,10 @@ class PlainSources(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name not in self.names:
             return None
-        return importlib.util.spec_from_file_location(name, source_path(self.root, name))
+        source = source_path(self.root, name)
+        if source.suffix != ".py":  # a stale C extension has no Python twin: not importable
+            raise ModuleNotFoundError(f"{name} is stale (see agent.compiled_guard.STATE)", name=name)
+        return importlib.util.spec_from_file_location(name, source)
 
 
 def install(package_dir: Path) -> str:

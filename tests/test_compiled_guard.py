@@ -92,6 +92,24 @@ def test_a_stale_module_is_imported_from_its_source(package, monkeypatch):
     assert module.WHERE == "source" and module.__file__.endswith("mod.py")
 
 
+def test_a_c_extension_counts_its_c_source_and_is_not_imported_when_stale(package, monkeypatch):
+    (package / "sub" / "_fast.c").write_text("/* version 1 */\n")
+    fake_build(package, "sub/mod", "sub/_fast")
+    record_build(package)
+    assert check(package) == ("compiled", [])
+    (package / "sub" / "_fast.c").write_text("/* version 2 */\n")
+    state, plain = check(package)
+    assert state == "stale: sources changed since the last build"
+    assert "guardpkg.sub._fast" in plain
+    # No Python twin: importing it fails, so the caller's fallback (recvfrom, sendto) runs.
+    monkeypatch.syspath_prepend(str(package.parent))
+    for name in ("guardpkg", "guardpkg.sub", "guardpkg.sub._fast"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setattr(sys, "meta_path", [PlainSources(package.parent, plain), *sys.meta_path])
+    with pytest.raises(ModuleNotFoundError, match="stale"):
+        importlib.import_module("guardpkg.sub._fast")
+
+
 def test_the_running_agent_matches_its_build():
     """In a compiled tree the DNS path runs compiled; in any other, from the .py files."""
     from agent.dns import wire
@@ -104,5 +122,8 @@ def test_the_running_agent_matches_its_build():
             (compiled_guard.Path(agent.__file__).parent / "mypyc-build.json").read_text()
         )
         assert "agent.dns.wire" in record["modules"]
+        from agent.dns import server
+
+        assert server.recv_batch is not None  # agent/dns/_udpio.c, built with them
     else:
         assert wire.__file__.endswith(".py")

@@ -437,6 +437,22 @@ def test_internal_error_answers_servfail_and_logs(server, caplog):
     assert "internal error answering www.example.test" in caplog.text
 
 
+def test_a_bug_on_the_replay_path_is_logged_and_the_chain_answers(server, caplog):
+    class BrokenGate:  # what the server's fast path asks before replaying a remembered answer
+        def admit(self, client):
+            raise RuntimeError("a bug")
+
+    assert ask(server, "www.example.test").answer  # remembered for replay
+    assert ask(server, "www.example.test").answer
+    dns_server = server.agent.server
+    server.call(setattr, dns_server, "gate", BrokenGate())
+    answer = ask(server, "www.example.test")
+    assert answer.rcode() == dns.rcode.NOERROR
+    assert answer.answer[0][0].to_text() == "192.0.2.10"
+    assert dns_server.errors == 1
+    assert "replaying an answer to 127.0.0.1 failed" in caplog.text
+
+
 def test_tcp_idle_connections_are_closed(safenest, upstream, lists):
     server = safenest(upstream=[upstream.address], blocklists_dir=str(lists), tcp_idle_timeout=0.3)
     with socket.create_connection((server.host, server.port), timeout=5) as conn:

@@ -33,10 +33,16 @@ from .steps.base import Step
 from .steps.client_gate import ADMITTED, RATE_LIMITED
 from .wire import BADVERS, SERVFAIL, U16, Malformed, Query, error_reply, reply, truncated_reply
 
+try:  # built by `make compile`: one system call per burst, the client's address left raw
+    from ._udpio import recv_batch, send_batch
+except ImportError:  # plain Python: recvfrom and sendto per datagram
+    recv_batch = send_batch = None
+
 log = logging.getLogger(__name__)
 
 READ_BURST = 64  # datagrams read per wake-up
 MAX_QUERY = 4096  # no legitimate query is larger
+MAX_CLIENT_TEXTS = 65_536  # raw client addresses -> their text, kept; a flood of sources is bounded
 TCP_PIPELINE = 32  # queries in progress at once on one TCP connection
 ERROR_LOG_LIMIT, ERROR_LOG_WINDOW = 10, 60.0  # tracebacks logged per window (seconds)
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; Python does not export it
@@ -122,6 +128,20 @@ def _no_ipv6(exc: BindError, host: str, listen: list[tuple[str, int]]) -> bool:
     return no_family and host == "::" and any(h != "::" for h, _ in listen)
 
 
+def batched_udp() -> bool:
+    """Whether the UDP sockets are read and answered a burst at a time (agent/dns/_udpio.c)."""
+    return recv_batch is not None
+
+
+def address_text(key: bytes) -> str:
+    """The address text of recv_batch's host key: what recvfrom gives as the host."""
+    if len(key) == 4:
+        return socket.inet_ntop(socket.AF_INET, key)
+    if len(key) == 20:  # the address, then its scope id, which recvfrom's text leaves out
+        return socket.inet_ntop(socket.AF_INET6, key[:16])
+    return ""
+
+
 class DnsServer:
     def __init__(self, resolver: Step, *, gate, udp_receive_buffer: int, tcp_idle_timeout: float, tcp_max_connections: int):
         self.resolver = resolver
@@ -151,6 +171,8 @@ class DnsServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._later = False  # delivering an answer that came later (from a Pending)
         self._replies: list[tuple] = []  # (socket, bytes, address): UDP answers to send together
+        self._raw_replies: dict[int, list] = {}  # the same for batched sockets: fd -> [bytes, sockaddr, ...]
+        self._client_texts: dict[bytes, str] = {}  # recv_batch's host key -> the client's address
 
     # -- counts and the query log -------------------------------------------
 
@@ -239,7 +261,12 @@ class DnsServer:
                     continue
                 port = udp.getsockname()[1]
                 self._udp_socks.append(udp)
-                loop.add_reader(udp.fileno(), self._on_udp_readable, udp)
+                if recv_batch is not None:
+                    # One buffer per socket, for a whole burst of datagrams.
+                    buffer = bytearray(READ_BURST * MAX_QUERY)
+                    loop.add_reader(udp.fileno(), self._on_udp_batch, udp.fileno(), buffer)
+                else:
+                    loop.add_reader(udp.fileno(), self._on_udp_readable, udp)
                 server = await asyncio.start_server(self._serve_tcp, sock=tcp)
                 self._tcp_servers.append(server)
                 self.addresses += [("udp", host, port), ("tcp", host, port)]
@@ -378,6 +405,11 @@ class DnsServer:
             self._later = False
 
     def _servfail(self, query: Query, exc: BaseException) -> Answer:
+        self._internal_error("internal error answering %s type %d from %s", (query.name, query.qtype, query.client), exc)
+        return Answer(error_reply(query.data, SERVFAIL, query), AnswerKind.SERVFAIL, "internal error")
+
+    def _internal_error(self, message: str, args: tuple, exc: BaseException) -> None:
+        """Count our own exception and log it, at most ERROR_LOG_LIMIT times a window."""
         self.errors += 1
         # A bug hit by every query must not write a traceback per query to the SD card.
         now = time.monotonic()
@@ -387,16 +419,9 @@ class DnsServer:
             self._error_window_start, self._errors_logged, self._errors_unlogged = now, 0, 0
         if self._errors_logged < ERROR_LOG_LIMIT:
             self._errors_logged += 1
-            log.error(
-                "internal error answering %s type %d from %s",
-                query.name,
-                query.qtype,
-                query.client,
-                exc_info=(type(exc), exc, exc.__traceback__),
-            )
+            log.error(message, *args, exc_info=(type(exc), exc, exc.__traceback__))
         else:
             self._errors_unlogged += 1
-        return Answer(error_reply(query.data, SERVFAIL, query), AnswerKind.SERVFAIL, "internal error")
 
     def _deliver(
         self,
@@ -431,7 +456,7 @@ class DnsServer:
         # call and object saved is a measurable share of its ~1 µs. The memo is the
         # one of the client's profile (see replay.py): one more dict lookup.
         # The query log's entry is prebuilt in the memo entry (hit[8], None when not logged):
-        # one tuple and one deque append here; the log's writer thread does the rest.
+        # one tuple and one deque append here; the log's writer process does the rest.
         get_for = self.replay.get_for
         admit = self.gate.admit
         counts = self.counts
@@ -452,35 +477,119 @@ class DnsServer:
             except OSError:
                 continue  # e.g. an ICMP error queued on the socket
             client = address[0]
-            get = get_for(client)
-            hit = get(data[2:]) if get is not None else None
-            if hit is not None:
-                if hit[0] <= now:
-                    hit = self.replay.refresh(client, data[2:], hit, data, now)
-                    if hit is None:
-                        self._resolve(data, client, "udp", lambda q, a, s=sock, to=address: self._send_udp(s, q, a, to), now)
-                        continue
-                verdict = admit(client)
-                if verdict == ADMITTED:
-                    counts[hit[7]] += 1
-                    try:
-                        sock.sendto(data[:2] + hit[1], address)
-                    except OSError:
-                        self.send_failures += 1
-                    logged = hit[8]
-                    if logged is not None:
-                        if log_room:
-                            log_append((wall, client, devices(client, ""), logged))
-                        else:
-                            ql.dropped += 1
-                    continue
-                if verdict == RATE_LIMITED:
-                    counts[AnswerKind.RATE_LIMITED] += 1
-                    if hit[8] is not None:
-                        self._log_limited(client, hit[8])
-                    continue
-                # Not allowed: the chain refuses it, as it would any other packet.
+            try:
+                get = get_for(client)
+                hit = get(data[2:]) if get is not None else None
+                if hit is not None:
+                    if hit[0] <= now:
+                        hit = self.replay.refresh(client, data[2:], hit, data, now)
+                    if hit is not None:
+                        verdict = admit(client)
+                        if verdict == ADMITTED:
+                            counts[hit[7]] += 1
+                            try:
+                                sock.sendto(data[:2] + hit[1], address)
+                            except OSError:
+                                self.send_failures += 1
+                            logged = hit[8]
+                            if logged is not None:
+                                if log_room:
+                                    log_append((wall, client, devices(client, ""), logged))
+                                else:
+                                    ql.dropped += 1
+                            continue
+                        if verdict == RATE_LIMITED:
+                            counts[AnswerKind.RATE_LIMITED] += 1
+                            if hit[8] is not None:
+                                self._log_limited(client, hit[8])
+                            continue
+                        # Not allowed: the chain refuses it, as it would any other packet.
+            except Exception as replay_error:  # our bug: counted and logged, the chain answers
+                self._internal_error("replaying an answer to %s failed", (client,), replay_error)
             self._resolve(data, client, "udp", lambda q, a, s=sock, to=address: self._send_udp(s, q, a, to), now)
+
+    def _on_udp_batch(self, fd: int, buffer: bytearray) -> None:
+        """_on_udp_readable with the compiled _udpio: the same decisions, but the burst is read
+        with one recvmmsg and the replayed answers go out with one sendmmsg at its end; the
+        client's address is the kernel's sockaddr, its text looked up by its host part."""
+        try:
+            items = recv_batch(fd, buffer, READ_BURST, MAX_QUERY)
+        except OSError:
+            return  # e.g. an ICMP error queued on the socket (this read clears it)
+        if not items:
+            return
+        get_for = self.replay.get_for
+        admit = self.gate.admit
+        counts = self.counts
+        devices = self.devices.get
+        texts = self._client_texts
+        now = time.monotonic()
+        ql = self.querylog
+        if ql is not None:
+            queue = ql.queue
+            log_append = queue.append
+            log_room = len(queue) < ql.queue_entries
+            wall = time.time()
+        out: list = []
+        for i in range(0, len(items), 3):
+            data = items[i]
+            address = items[i + 1]
+            client = texts.get(items[i + 2])
+            if client is None:
+                client = self._client_text(items[i + 2])
+            try:
+                get = get_for(client)
+                hit = get(data[2:]) if get is not None else None
+                if hit is not None:
+                    if hit[0] <= now:
+                        hit = self.replay.refresh(client, data[2:], hit, data, now)
+                    if hit is not None:
+                        verdict = admit(client)
+                        if verdict == ADMITTED:
+                            counts[hit[7]] += 1
+                            out.append(data[:2] + hit[1])
+                            out.append(address)
+                            logged = hit[8]
+                            if logged is not None:
+                                if log_room:
+                                    log_append((wall, client, devices(client, ""), logged))
+                                else:
+                                    ql.dropped += 1
+                            continue
+                        if verdict == RATE_LIMITED:
+                            counts[AnswerKind.RATE_LIMITED] += 1
+                            if hit[8] is not None:
+                                self._log_limited(client, hit[8])
+                            continue
+                        # Not allowed: the chain refuses it, as it would any other packet.
+            except Exception as replay_error:  # our bug: counted and logged, the chain answers
+                self._internal_error("replaying an answer to %s failed", (client,), replay_error)
+            self._resolve(data, client, "udp", lambda q, a, f=fd, to=address: self._send_raw(f, q, a, to), now)
+        if out:
+            self.send_failures += send_batch(fd, out)
+
+    def _client_text(self, key: bytes) -> str:
+        text = address_text(key)
+        if len(self._client_texts) >= MAX_CLIENT_TEXTS:
+            self._client_texts.clear()
+        self._client_texts[key] = text
+        return text
+
+    def _send_raw(self, fd: int, query: Query | None, answer: Answer, address: bytes) -> None:
+        """_send_udp for a batched socket: `address` is the raw sockaddr."""
+        wire = answer.wire
+        if query is not None and len(wire) > query.udp_size:  # type: ignore[arg-type]
+            wire = truncated_reply(query)
+        if self._later:
+            if not self._replies and not self._raw_replies:
+                self._loop.call_soon(self._send_replies)  # type: ignore[union-attr]
+            batch = self._raw_replies.get(fd)
+            if batch is None:
+                batch = self._raw_replies[fd] = []
+            batch.append(wire)
+            batch.append(address)
+            return
+        self.send_failures += send_batch(fd, [wire, address])
 
     def _send_udp(self, sock: socket.socket, query: Query | None, answer: Answer, address) -> None:
         wire = answer.wire
@@ -490,7 +599,7 @@ class DnsServer:
             # An answer that came later (from an upstream): the answers of one batch of
             # upstream responses go out back to back, so the client is woken once for them
             # rather than once per answer (a wake-up costs the sender system time).
-            if not self._replies:
+            if not self._replies and not self._raw_replies:
                 self._loop.call_soon(self._send_replies)  # type: ignore[union-attr]
             self._replies.append((sock, wire, address))
             return
@@ -500,6 +609,10 @@ class DnsServer:
             self.send_failures += 1
 
     def _send_replies(self) -> None:
+        if self._raw_replies:
+            batches, self._raw_replies = self._raw_replies, {}
+            for fd, batch in batches.items():
+                self.send_failures += send_batch(fd, batch)  # counts what the kernel refused
         replies, self._replies = self._replies, []
         for sock, wire, address in replies:
             try:
