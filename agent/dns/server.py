@@ -171,7 +171,7 @@ class DnsServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._later = False  # delivering an answer that came later (from a Pending)
         self._replies: list[tuple] = []  # (socket, bytes, address): UDP answers to send together
-        self._raw_replies: dict[int, list] = {}  # the same for batched sockets: fd -> [bytes, sockaddr, ...]
+        self._raw_replies: dict[socket.socket, list] = {}  # batched sockets': [bytes, sockaddr, ...] each
         self._client_texts: dict[bytes, str] = {}  # recv_batch's host key -> the client's address
 
     # -- counts and the query log -------------------------------------------
@@ -264,7 +264,7 @@ class DnsServer:
                 if recv_batch is not None:
                     # One buffer per socket, for a whole burst of datagrams.
                     buffer = bytearray(READ_BURST * MAX_QUERY)
-                    loop.add_reader(udp.fileno(), self._on_udp_batch, udp.fileno(), buffer)
+                    loop.add_reader(udp.fileno(), self._on_udp_batch, udp, buffer)
                 else:
                     loop.add_reader(udp.fileno(), self._on_udp_readable, udp)
                 server = await asyncio.start_server(self._serve_tcp, sock=tcp)
@@ -508,10 +508,11 @@ class DnsServer:
                 self._internal_error("replaying an answer to %s failed", (client,), replay_error)
             self._resolve(data, client, "udp", lambda q, a, s=sock, to=address: self._send_udp(s, q, a, to), now)
 
-    def _on_udp_batch(self, fd: int, buffer: bytearray) -> None:
+    def _on_udp_batch(self, sock: socket.socket, buffer: bytearray) -> None:
         """_on_udp_readable with the compiled _udpio: the same decisions, but the burst is read
         with one recvmmsg and the replayed answers go out with one sendmmsg at its end; the
         client's address is the kernel's sockaddr, its text looked up by its host part."""
+        fd = sock.fileno()
         try:
             items = recv_batch(fd, buffer, READ_BURST, MAX_QUERY)
         except OSError:
@@ -564,7 +565,7 @@ class DnsServer:
                         # Not allowed: the chain refuses it, as it would any other packet.
             except Exception as replay_error:  # our bug: counted and logged, the chain answers
                 self._internal_error("replaying an answer to %s failed", (client,), replay_error)
-            self._resolve(data, client, "udp", lambda q, a, f=fd, to=address: self._send_raw(f, q, a, to), now)
+            self._resolve(data, client, "udp", lambda q, a, s=sock, to=address: self._send_raw(s, q, a, to), now)
         if out:
             self.send_failures += send_batch(fd, out)
 
@@ -575,21 +576,26 @@ class DnsServer:
         self._client_texts[key] = text
         return text
 
-    def _send_raw(self, fd: int, query: Query | None, answer: Answer, address: bytes) -> None:
-        """_send_udp for a batched socket: `address` is the raw sockaddr."""
+    def _send_raw(self, sock: socket.socket, query: Query | None, answer: Answer, address: bytes) -> None:
+        """_send_udp for a batched socket: `address` is the raw sockaddr. The socket, not its
+        descriptor, is kept for a later answer: once closed, its number may be another file's."""
         wire = answer.wire
         if query is not None and len(wire) > query.udp_size:  # type: ignore[arg-type]
             wire = truncated_reply(query)
         if self._later:
             if not self._replies and not self._raw_replies:
                 self._loop.call_soon(self._send_replies)  # type: ignore[union-attr]
-            batch = self._raw_replies.get(fd)
+            batch = self._raw_replies.get(sock)
             if batch is None:
-                batch = self._raw_replies[fd] = []
+                batch = self._raw_replies[sock] = []
             batch.append(wire)
             batch.append(address)
             return
-        self.send_failures += send_batch(fd, [wire, address])
+        self._send_batch(sock, [wire, address])
+
+    def _send_batch(self, sock: socket.socket, items: list) -> None:
+        fd = sock.fileno()  # -1 once closed (the server stopping)
+        self.send_failures += send_batch(fd, items) if fd >= 0 else len(items) // 2
 
     def _send_udp(self, sock: socket.socket, query: Query | None, answer: Answer, address) -> None:
         wire = answer.wire
@@ -611,8 +617,8 @@ class DnsServer:
     def _send_replies(self) -> None:
         if self._raw_replies:
             batches, self._raw_replies = self._raw_replies, {}
-            for fd, batch in batches.items():
-                self.send_failures += send_batch(fd, batch)  # counts what the kernel refused
+            for sock, batch in batches.items():
+                self._send_batch(sock, batch)
         replies, self._replies = self._replies, []
         for sock, wire, address in replies:
             try:
