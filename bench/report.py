@@ -69,7 +69,7 @@ def render(doc: dict) -> str:
         out.append("")
         for peer, r in per.get("ratios", {}).items():
             out.append(
-                f"- SafeNest/{peer}: QPS ×{_num(r['qps'], '.2f')}, CPU per query "
+                f"- {peer if '/' in peer else 'SafeNest/' + peer}: QPS ×{_num(r['qps'], '.2f')}, CPU per query "
                 f"×{_num(r['cpu_us_per_query'], '.2f')}, p50 ×{_num(r['p50_ms'], '.2f')}, "
                 f"p99 ×{_num(r['p99_ms'], '.2f')}"
             )
