@@ -8,8 +8,8 @@ The one hand-written module, _udpio.c, does the UDP system calls in batches and 
 the fallback: Python imports a module's .so when it sits next to the .py, else the .py. After
 a successful build, agent/mypyc-build.json records the modules and a digest of their sources
 (.py, or .c); agent/compiled_guard.py loads the .py files instead when they no longer match (an
-edit or a pull since the build), and leaves a stale _udpio unimported. MYPYC_MODULES (space-separated
-paths) overrides the list, for measuring one group at a time.
+edit or a pull since the build), and leaves a stale _udpio unimported. MYPYC_MODULES
+(space-separated paths) overrides the list, for measuring one group at a time.
 """
 
 from __future__ import annotations

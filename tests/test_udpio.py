@@ -87,7 +87,6 @@ def test_a_datagram_longer_than_size_is_cut_to_size(pair):
 
 def test_send_batch_counts_what_the_kernel_refuses(pair):
     server, client = pair
-    _, port = server.getsockname()[:2]
     good = _raw_address(client)
     # A sockaddr of a family this socket cannot send to: refused, the next one still goes.
     bad = b"\x01\x00" + bytes(14)  # AF_UNIX, nonsense

@@ -2,8 +2,11 @@
 
 UDP sockets are read directly from the event loop (`add_reader` plus a burst
 of `recvfrom` calls), which costs about a third less CPU per query than
-asyncio's datagram transport. Every query is answered: our own exception on one
-query becomes SERVFAIL and a log line, never silence.
+asyncio's datagram transport. With the compiled module agent/dns/_udpio.c (`make compile`),
+a burst is one `recvmmsg` and its replayed answers one `sendmmsg`, with the clients' raw
+addresses (`_on_udp_batch`); `_on_udp_readable` is the same loop over `recvfrom`/`sendto`.
+Every query is answered: our own exception on one query becomes SERVFAIL and a log line,
+never silence.
 
 Every answer is counted (`counts`: by kind, blocks by reason) and handed to the query log
 (`attach_log`), on both paths: a replayed packet appends one prebuilt entry to the log's
