@@ -123,6 +123,7 @@ def run(
     timeout: float = 5.0,
     buffer_kb: int = 4096,
     tag: str = "run",
+    keep_output: bool = False,
 ) -> PerfResult:
     argv = [
         which("dnsperf") or "dnsperf",
@@ -182,5 +183,6 @@ def run(
         result.p50_ms = percentile(hist, total, 0.50) * 1000
         result.p99_ms = percentile(hist, total, 0.99) * 1000
         result.p999_ms = percentile(hist, total, 0.999) * 1000
-    out_path.unlink()
+    if not keep_output:  # kept with --keep-tmp: one line per query, for a closer look
+        out_path.unlink()
     return result

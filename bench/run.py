@@ -137,7 +137,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--json", default=str(REPO / "bench" / "results" / "latest.json"), help="JSON output"
     )
-    p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (logs, configs)")
+    p.add_argument(
+        "--keep-tmp",
+        action="store_true",
+        help="keep the temp dir (logs, configs, dnsperf's line per query)",
+    )
     args = p.parse_args(argv)
     if args.seconds is None:
         args.seconds = 3.0 if args.quick else 10.0
@@ -338,7 +342,12 @@ class Bench:
         before = snapshot(server.pid, self.nsd.proc.pid, server.port)
         try:
             res = dnsperf.run(
-                server.port, datafile, self.tmp, tag=f"{scenario}-{server.name}-{rep}", **opts
+                server.port,
+                datafile,
+                self.tmp,
+                tag=f"{scenario}-{server.name}-{rep}",
+                keep_output=self.args.keep_tmp,
+                **opts,
             )
         finally:
             after = snapshot(server.pid, self.nsd.proc.pid, server.port)
