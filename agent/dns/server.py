@@ -173,8 +173,7 @@ class DnsServer:
         self._tcp_servers: list[asyncio.base_events.Server] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._later = False  # delivering an answer that came later (from a Pending)
-        self._replies: list[tuple] = []  # (socket, bytes, address): UDP answers to send together
-        self._raw_replies: dict[socket.socket, list] = {}  # batched sockets': [bytes, sockaddr, ...] each
+        self._replies: list[tuple] = []  # (socket, bytes, address or raw sockaddr): UDP answers to send together
         self._client_texts: dict[bytes, str] = {}  # recv_batch's host key -> the client's address
 
     # -- counts and the query log -------------------------------------------
@@ -568,7 +567,7 @@ class DnsServer:
                         # Not allowed: the chain refuses it, as it would any other packet.
             except Exception as replay_error:  # our bug: counted and logged, the chain answers
                 self._internal_error("replaying an answer to %s failed", (client,), replay_error)
-            self._resolve(data, client, "udp", lambda q, a, s=sock, to=address: self._send_raw(s, q, a, to), now)
+            self._resolve(data, client, "udp", lambda q, a, s=sock, to=address: self._send_udp(s, q, a, to), now)
         if out:
             self.send_failures += send_batch(fd, out)
 
@@ -579,28 +578,8 @@ class DnsServer:
         self._client_texts[key] = text
         return text
 
-    def _send_raw(self, sock: socket.socket, query: Query | None, answer: Answer, address: bytes) -> None:
-        """_send_udp for a batched socket: `address` is the raw sockaddr. The socket, not its
-        descriptor, is kept for a later answer: once closed, its number may be another file's."""
-        wire = answer.wire
-        if query is not None and len(wire) > query.udp_size:  # type: ignore[arg-type]
-            wire = truncated_reply(query)
-        if self._later:
-            if not self._replies and not self._raw_replies:
-                self._loop.call_soon(self._send_replies)  # type: ignore[union-attr]
-            batch = self._raw_replies.get(sock)
-            if batch is None:
-                batch = self._raw_replies[sock] = []
-            batch.append(wire)
-            batch.append(address)
-            return
-        self._send_batch(sock, [wire, address])
-
-    def _send_batch(self, sock: socket.socket, items: list) -> None:
-        fd = sock.fileno()  # -1 once closed (the server stopping)
-        self.send_failures += send_batch(fd, items) if fd >= 0 else len(items) // 2
-
     def _send_udp(self, sock: socket.socket, query: Query | None, answer: Answer, address) -> None:
+        """`address`: a (host, port) tuple, or a raw sockaddr from recv_batch (bytes)."""
         wire = answer.wire
         if query is not None and len(wire) > query.udp_size:  # type: ignore[arg-type]
             wire = truncated_reply(query)
@@ -608,26 +587,41 @@ class DnsServer:
             # An answer that came later (from an upstream): the answers of one batch of
             # upstream responses go out back to back, so the client is woken once for them
             # rather than once per answer (a wake-up costs the sender system time).
-            if not self._replies and not self._raw_replies:
+            if not self._replies:
                 self._loop.call_soon(self._send_replies)  # type: ignore[union-attr]
             self._replies.append((sock, wire, address))
+            return
+        if address.__class__ is bytes:
+            self._send_batch(sock, [wire, address])
             return
         try:
             sock.sendto(wire, address)  # type: ignore[arg-type]
         except OSError:
             self.send_failures += 1
 
+    def _send_batch(self, sock: socket.socket, items: list) -> None:
+        """send_batch on `sock`, kept as the socket rather than its descriptor: once closed,
+        its number may be another file's."""
+        fd = sock.fileno()  # -1 once closed (the server stopping)
+        self.send_failures += send_batch(fd, items) if fd >= 0 else len(items) // 2
+
     def _send_replies(self) -> None:
-        if self._raw_replies:
-            batches, self._raw_replies = self._raw_replies, {}
-            for sock, batch in batches.items():
-                self._send_batch(sock, batch)
         replies, self._replies = self._replies, []
+        batches: dict[socket.socket, list] = {}  # raw addresses: one sendmmsg per socket
         for sock, wire, address in replies:
+            if address.__class__ is bytes:
+                batch = batches.get(sock)
+                if batch is None:
+                    batch = batches[sock] = []
+                batch.append(wire)
+                batch.append(address)
+                continue
             try:
                 sock.sendto(wire, address)
             except OSError:  # also a socket closed meanwhile (the server stopping)
                 self.send_failures += 1
+        for sock, batch in batches.items():
+            self._send_batch(sock, batch)
 
     # -- TCP (RFC 7766) -------------------------------------------------------
 
