@@ -104,6 +104,34 @@ def test_nothing_is_written_before_a_batch_is_full_and_all_of_it_after(open_log)
     assert ql.queued == 0
 
 
+def test_the_writer_process_runs_under_sched_idle_or_else_at_nice_19(open_log):
+    """Any waking task takes the writer's core at once: its transactions never hold DNS up."""
+    import subprocess
+    import sys
+
+    from agent.querylog.writer import NICE
+
+    ql = open_log()
+    ql.start()
+    wait_until(lambda: ql.writer_pid is not None, "the writer process")
+    # What this kernel grants an unprivileged process, asked of a process of its own.
+    granted = subprocess.run(
+        [sys.executable, "-c", "from agent.querylog.writer import lower_priority as p; print(p())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    pid = ql.writer_pid
+    if granted == "idle":
+        wait_until(lambda: os.sched_getscheduler(pid) == os.SCHED_IDLE, "SCHED_IDLE")
+    else:
+        assert granted == "nice"
+        wait_until(lambda: os.getpriority(os.PRIO_PROCESS, pid) == NICE, "nice 19")
+    ql.record("192.168.1.20", "idle.example", 1, AnswerKind.FORWARDED)
+    ql.stop()
+    assert ql.written == 1  # an idle core is enough for it
+
+
 def test_a_partial_batch_is_written_after_flush_seconds(open_log):
     ql = open_log(flush_entries=1000, flush_seconds=0.3)
     ql.start()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
-import pickle
 import threading
 from collections import deque
 from multiprocessing.connection import Connection
@@ -20,6 +19,7 @@ import pytest
 
 from agent.querylog import handoff
 from agent.querylog.handoff import LoopSender
+from agent.querylog.writer import decode, encode
 
 F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 
@@ -82,7 +82,7 @@ def read_entries(reader: Connection, count: int) -> list:
     got = []
     while len(got) < count:
         assert reader.poll(10), f"only {len(got)} of {count} entries arrived"
-        _now, items = pickle.loads(reader.recv_bytes())
+        _now, items = decode(reader.recv_bytes())
         got += items
     return got
 
@@ -161,7 +161,7 @@ def test_detached_mid_frame_the_stream_goes_on_whole(loop, pipe):
         view = view[os.write(child.inbox.fileno(), view) :]
     rest = list(queue)
     queue.clear()
-    child.inbox.send_bytes(pickle.dumps((1.0, rest)))
+    child.inbox.send_bytes(encode((1.0, rest)))
     drain.join(20)
     assert got == [entry(i) for i in range(n)]
 
@@ -187,21 +187,46 @@ def test_answers_are_read_on_the_loop_also_when_a_frame_comes_in_pieces(loop, pi
     _reader, child = pipe
     sender = LoopSender(loop, deque(), lambda: 1.0)
     on_loop(loop, lambda: child.attach_to(sender))
-    child.answers.send_bytes(pickle.dumps(("counts", 1, 2, 3, 4, 5)))
+    child.answers.send_bytes(encode(("counts", 1, 2, 3, 4, 5)))
     assert wait_for(lambda: child.heard == [("counts", 1, 2, 3, 4, 5)])
-    whole = handoff.frame(("done", 7, None)) + handoff.frame(("counts", 9, 9, 0, 1, 0))
+    first = handoff.frame(("done", 7, None))
+    whole = first + handoff.frame(("counts", 9, 9, 0, 1, 0))
     fd = child.answers.fileno()
     os.write(fd, whole[:3])  # not even a whole length
     threading.Event().wait(0.1)
-    os.write(fd, whole[3:20])
+    os.write(fd, whole[3 : len(first) - 1])  # all but the first frame's last byte
     threading.Event().wait(0.1)
     assert len(child.heard) == 1
-    os.write(fd, whole[20:])
+    os.write(fd, whole[len(first) - 1 :])
     assert wait_for(lambda: len(child.heard) == 3)
     assert child.heard[1:] == [("done", 7, None), ("counts", 9, 9, 0, 1, 0)]
     # Detached, the bytes of a frame begun are handed back with the frames begun for writing.
-    os.write(fd, whole[:10])
+    os.write(fd, whole[: len(first) - 1])
     threading.Event().wait(0.1)
     _begun, acks = on_loop(loop, sender.detach)
-    assert bytes(acks) == whole[:10]
+    assert bytes(acks) == whole[: len(first) - 1]
     assert os.get_blocking(child.acks.fileno())
+
+
+def test_a_batch_of_plain_entries_goes_by_marshal_and_anything_else_by_pickle():
+    from agent.model import AnswerKind
+    from agent.querylog.writer import Command
+
+    entries = [
+        (1.5, "192.168.1.20", "tablet", ("kids", b"\x07example\x03com\x00", 1, "blocked", "rule")),
+        (2.0, "::1", "", "kids", "example.org", 28, "forwarded", "", "127.0.0.1:53", 1.25),
+    ]
+    plain = encode((3.0, entries))
+    assert plain[:1] == b"M" and decode(plain) == (3.0, entries)
+    command = Command(7, "delete", "kids")
+    mixed = decode(encode((3.0, [entries[0], command])))
+    assert mixed[1][0] == entries[0] and mixed[1][1].__class__ is Command
+    member = encode((3.0, [(1.0, "::1", "", "kids", "a.test", 1, AnswerKind.BLOCKED, "", "", 0.0)]))
+    assert member[:1] == b"P" and decode(member)[1][0][6] == "blocked"
+    # The same framing in pieces: a frame cut short waits for its end.
+    stream = bytearray(handoff.frame(("counts", 1)) + handoff.frame((3.0, entries)))
+    tail = stream[-5:]
+    del stream[-5:]
+    assert handoff.unframe(stream) == [("counts", 1)]
+    stream += tail
+    assert handoff.unframe(stream) == [(3.0, entries)]

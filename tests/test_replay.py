@@ -196,3 +196,20 @@ def test_a_packet_is_remembered_on_its_second_answer_not_its_first(child_server)
     assert child_server.call(lambda: cache.hits) == hits + 1
     ask()  # replayed: the cache is not asked
     assert child_server.call(lambda: cache.hits) == hits + 1
+
+
+@pytest.mark.parametrize("kind", [AnswerKind.CACHED, AnswerKind.FORWARDED, AnswerKind.BLOCKED])
+def test_the_log_part_of_a_remembered_answer_holds_plain_types_only(kind):
+    """The hand-off encodes a batch with marshal only when every entry is of plain types; an
+    AnswerKind member (a str subclass) would send every batch of replayed answers by pickle."""
+    import marshal
+
+    data, query, entry = make_entry(3600, 3600, 0.0, lifetime=3600)
+    memo = ReplayMemo(tags={CLIENT: ("kids", None)})
+    memo.logs = lambda profile: True
+    memo.remember(query, Answer(data, kind, "rule", entry.same_until(), entry))
+    logged = memo.lookup(CLIENT, data[2:])[8]
+    assert type(logged[3]) is str and logged[3] == (
+        "cached" if kind is AnswerKind.FORWARDED else kind.value
+    )
+    assert marshal.loads(marshal.dumps(logged)) == logged

@@ -122,7 +122,8 @@ class ReplayMemo:
             query.question_end,
             tag[1],
             kind if kind is not AnswerKind.BLOCKED else (kind, reason),  # count_key(), inlined
-            (profile, query.qname_key, query.qtype, kind, reason) if logged else None,
+            # The log's part: plain types only (the kind's value), which the hand-off marshals.
+            (profile, query.qname_key, query.qtype, kind.value, reason) if logged else None,
         )
 
     def _evict(self, memo: OrderedDict) -> None:

@@ -10,8 +10,8 @@ arrived meanwhile are read before the next one.
 The pipe is non-blocking: a frame the pipe has no room for waits in `out` (written when the
 loop says the pipe is writable), and while `out` holds OUT_LIMIT bytes no more entries are
 taken, so the queue fills and drops (counted) instead of anything waiting. Frames use the
-framing of multiprocessing.connection (a 4-byte big-endian length, then a pickle), which
-the writer reads with Connection.recv_bytes.
+framing of multiprocessing.connection (a 4-byte big-endian length, then the message as
+writer.encode makes it), which the writer reads with Connection.recv_bytes.
 
 The writer's acknowledgements (its counters, the commands done) are read here too, when the
 loop sees them arrive, for the same reason: a thread of the DNS process that waits for them
@@ -26,16 +26,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-import pickle
 import struct
 from collections import deque
 from collections.abc import Callable
 from itertools import repeat, starmap
 
-from .writer import PROTOCOL
+from .writer import decode, encode
 
 POLL = 0.1  # seconds between two looks at the queue
-CHUNK = 64  # entries per pickle: the loop answers no packet while one is made
+CHUNK = 64  # entries per frame: the loop answers no packet while one is made
 # (256 gave the DNS thread a p99 about 30% longer at 5,000 q/s; 16 woke the writer too often)
 OUT_LIMIT = 1 << 20  # bytes waiting for room in the pipe before entries stay in the queue
 _HEADER = struct.Struct("!i")  # multiprocessing.connection's length prefix
@@ -43,19 +42,19 @@ _HEADER = struct.Struct("!i")  # multiprocessing.connection's length prefix
 
 def frame(message) -> bytes:
     """`message` as one frame of the stream."""
-    payload = pickle.dumps(message, PROTOCOL)
+    payload = encode(message)
     return _HEADER.pack(len(payload)) + payload
 
 
 def unframe(buffer: bytearray) -> list:
-    """The whole frames at the start of `buffer`, unpickled and removed from it (a frame cut
+    """The whole frames at the start of `buffer`, decoded and removed from it (a frame cut
     short stays for the next read)."""
     messages = []
     while len(buffer) >= 4:
         size = _HEADER.unpack_from(buffer)[0]
         if len(buffer) < 4 + size:
             break
-        messages.append(pickle.loads(buffer[4 : 4 + size]))
+        messages.append(decode(buffer[4 : 4 + size]))
         del buffer[: 4 + size]
     return messages
 

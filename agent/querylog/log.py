@@ -14,9 +14,9 @@ off). The child has its own interpreter and GIL, and on a Pi its own core.
 What stays in the DNS process is the hand-off (agent/querylog/handoff.py): every 0.1 s
 (handoff.POLL) the DNS thread's own event loop takes up to CHUNK entries off the deque at a time
 (``popleft`` called from C, no Python per entry) and writes them to the child's pipe as one
-pickle, a slice per callback, between packets, and reads the child's acknowledgements (its
-counters, the commands done) when they arrive. Not threads of their own: a second thread
-of the DNS process, pickling entries or waking up for each acknowledgement, makes the DNS
+frame (marshal: see writer.encode), a slice per callback, between packets, and reads the
+child's acknowledgements (its counters, the commands done) when they arrive. Not threads of their own: a second thread
+of the DNS process, encoding entries or waking up for each acknowledgement, makes the DNS
 thread wait for the GIL. The pipe is non-blocking: when it is full, entries stay in the
 deque, which keeps its bound and drops. One small thread sleeps while the writer runs well:
 the supervisor, which starts the child, restarts it and stops it.
@@ -48,7 +48,6 @@ import asyncio
 import concurrent.futures
 import logging
 import os
-import pickle
 import subprocess
 import sys
 import threading
@@ -59,11 +58,14 @@ from itertools import repeat, starmap
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+from ..model import AnswerKind
 from ..storage.querylog import GLOBAL, PRIVACY_LEVELS, QueryLogStore
 from .handoff import CHUNK, LoopSender, unframe
-from .writer import PROTOCOL, Command, Writer
+from .writer import Command, Writer, decode, encode
 
 log = logging.getLogger(__name__)
+
+_KIND_VALUE = {kind: kind.value for kind in AnswerKind}  # a member's plain str
 
 COMMAND_WAIT = 60.0  # how long set_privacy()/delete_profile() wait for the writer
 START_WAIT = 60.0  # seconds a new writer has to open the file and say it is ready
@@ -121,7 +123,7 @@ class _Child:
         self.sent = 0  # items of the stream sent to it (entries and commands)
 
     def send(self, message) -> None:
-        self.inbox.send_bytes(pickle.dumps(message, PROTOCOL))
+        self.inbox.send_bytes(encode(message))
 
     def kill(self) -> None:
         try:
@@ -232,12 +234,14 @@ class QueryLog:
         """Queue one answered query. Never waits: when the queue is full the entry is dropped.
 
         `name` may be the lower-cased wire-format name from the packet: the writer makes the
-        text, in its own process. `kind` is an AnswerKind (or its value).
+        text, in its own process. `kind` is an AnswerKind (or its value): its value is queued,
+        a plain str, which the hand-off encodes with marshal.
         """
         queue = self._queue
         if len(queue) >= self.queue_entries:
             self.dropped += 1
             return
+        kind = _KIND_VALUE.get(kind, kind)
         queue.append(
             (self.clock(), client, device, profile, name, qtype, kind, reason, upstream, latency_ms)
         )
@@ -465,7 +469,7 @@ class QueryLog:
             try:
                 if not child.acks.poll(min(left, 1.0)):
                     continue
-                message = pickle.loads(child.acks.recv_bytes())
+                message = decode(child.acks.recv_bytes())
             except (EOFError, OSError):
                 child.gone.set()  # it exited ("failed" came first when it could say why)
                 return False

@@ -23,7 +23,8 @@ The stream is what QueryLog's queue held, in its order: batches of entries and, 
 `Writer` is that work, independent of where it runs: `serve` runs it in the child process
 (and QueryLog runs it in its own process when it was never started, or after stop()).
 
-The protocol, over two pipes (multiprocessing.connection framing, pickle):
+The protocol, over two pipes (multiprocessing.connection framing; each message `encode`d:
+marshal when it holds only plain types, as the entries do, else pickle):
 
   parent -> child   the config (a dict), then ``(now, entries)`` (a list of queued entries),
                     ``(now, Command)``, or ``(now, None)``: write what you have and exit.
@@ -44,6 +45,7 @@ entries are handed over.
 from __future__ import annotations
 
 import logging
+import marshal
 import os
 import pickle
 import signal
@@ -63,8 +65,30 @@ ROLLUP_GRACE = 1.0  # an hour is rolled up by a flush that started this long aft
 PRUNE_EVERY = 3_600.0  # seconds between two retention prunes
 STEPS_PER_CYCLE = 10  # deleting statements of a prune between two looks at the stream
 ERROR_LOG_EVERY = 60.0  # at most one log line a minute about failing writes
-NICE = 19  # the child's CPU priority below the DNS process's, when they share a core
+NICE = 19  # the child's CPU priority where SCHED_IDLE is refused (see lower_priority)
 PROTOCOL = pickle.HIGHEST_PROTOCOL
+MARSHAL_VERSION = 4
+_MARSHAL, _PICKLE = b"M", b"P"  # a message's first byte: how the rest is encoded
+
+
+def encode(message) -> bytes:
+    """One message of either pipe. A batch of entries holds only plain types (str, bytes,
+    int, float, None, tuples, lists) and goes by marshal, about a quarter of pickle's time
+    (pickle memoizes every object it writes, and the DNS thread pays for it: see
+    docs/performance.md); anything marshal refuses (a Command, an exception, an AnswerKind
+    member, which is a str subclass) goes by pickle."""
+    try:
+        return _MARSHAL + marshal.dumps(message, MARSHAL_VERSION)
+    except ValueError:
+        return _PICKLE + pickle.dumps(message, PROTOCOL)
+
+
+def decode(payload: bytes | bytearray | memoryview):
+    """The message `encode` made."""
+    body = memoryview(payload)[1:]
+    if payload[0] == _MARSHAL[0]:
+        return marshal.loads(body)
+    return pickle.loads(body)
 
 
 class Command:
@@ -294,7 +318,7 @@ def _split(items: list) -> deque:
 def serve(inbox: Connection, outbox: Connection) -> int:
     """The child's loop: read the stream, write it; returns the exit status."""
     parent = os.getppid()
-    config = pickle.loads(inbox.recv_bytes())
+    config = decode(inbox.recv_bytes())
     logging.basicConfig(
         level=config.get("log_level", logging.WARNING),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -304,7 +328,7 @@ def serve(inbox: Connection, outbox: Connection) -> int:
 
     def send(message: tuple) -> None:
         try:
-            outbox.send_bytes(pickle.dumps(message, PROTOCOL))
+            outbox.send_bytes(encode(message))
         except (OSError, EOFError):
             pass  # the parent is gone: go on writing what is held, then exit
         except pickle.PicklingError:
@@ -354,7 +378,7 @@ def serve(inbox: Connection, outbox: Connection) -> int:
                 wait = 0.0 if busy else max(0.0, min(next_flush - now, POLL))
                 if inbox.poll(wait):
                     try:
-                        sent_at, body = pickle.loads(inbox.recv_bytes())
+                        sent_at, body = decode(inbox.recv_bytes())
                     except EOFError:
                         break  # the parent is gone (a message cut short counts as gone)
                     clock.set(sent_at)
@@ -405,15 +429,34 @@ def serve(inbox: Connection, outbox: Connection) -> int:
     return 0
 
 
+def lower_priority() -> str:
+    """Run this process under SCHED_IDLE: it gets a core only when no other task wants it.
+
+    Why not only nice 19: the kernel (EEVDF, Linux 6.6 on) lets a task it has picked run to
+    the end of its slice before a task that wakes up takes the core, nice 19 or not, so a
+    writer's transaction held the DNS thread or a client up to a slice (milliseconds) at a
+    time. A SCHED_IDLE task is preempted by any other waking task, and a core that runs one
+    counts as idle when the kernel places a waking task. Measured in docs/performance.md
+    ("The writer under SCHED_IDLE"). The cost: on a core kept busy the log waits, its queue
+    fills, and entries are dropped and counted, which is what the log must do then.
+    Returns the policy set ("idle", or "nice" where the kernel refuses SCHED_IDLE)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        return "idle"
+    except (AttributeError, OSError):
+        try:
+            os.nice(NICE)
+        except OSError:
+            pass
+        return "nice"
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m agent.querylog.child FD_IN FD_OUT``: the pipes' descriptors from QueryLog."""
     argv = sys.argv[1:] if argv is None else argv
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
-    try:
-        os.nice(NICE)
-    except OSError:
-        pass
+    lower_priority()
     inbox = Connection(int(argv[0]), writable=False)
     outbox = Connection(int(argv[1]), readable=False)
     try:
