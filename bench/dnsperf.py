@@ -51,6 +51,8 @@ class PerfResult:
     p99_ms: float = math.nan
     p999_ms: float = math.nan
     rcodes: dict[str, int] = field(default_factory=dict)
+    latencies: Counter | None = None  # {seconds: count} from -v (pooled over rounds)
+    timeouts: int = 0  # queries -v shows as timed out
     end_of_file: bool = False
     stderr_tail: str = ""
 
@@ -179,6 +181,7 @@ def run(
         )
     if verbose:
         hist, timeouts = read_verbose(out_path)
+        result.latencies, result.timeouts = hist, timeouts
         total = sum(hist.values()) + timeouts
         result.p50_ms = percentile(hist, total, 0.50) * 1000
         result.p99_ms = percentile(hist, total, 0.99) * 1000
