@@ -108,7 +108,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="logging: seconds per run (default 60; 10 with --quick)",
     )
     p.add_argument(
-        "--logging-repeat", type=int, default=1, help="logging: rounds of full and off (1)"
+        "--logging-repeat",
+        type=int,
+        help="logging: rounds of full and off (default 3; 1 with --quick): one round's p99 "
+        "moves by more than the 5%% judged",
     )
     p.add_argument(
         "--logging-cores",
@@ -119,8 +122,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--logging-control",
-        action="store_true",
-        help="logging: a third SafeNest in each round, the log off again (the A/A band)",
+        action=argparse.BooleanOptionalAction,
+        help="logging: a third SafeNest in each round, the log off again, whose ratio to the "
+        "first is the A/A band (default: on; off with --quick)",
     )
     p.add_argument(
         "--miss-qps-ceiling",
@@ -165,6 +169,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.repeat = 1 if args.quick else 3
     if args.logging_seconds is None:
         args.logging_seconds = 10.0 if args.quick else 60.0
+    if args.logging_repeat is None:
+        args.logging_repeat = 1 if args.quick else 3
+    if args.logging_control is None:
+        args.logging_control = not args.quick
     args.server_list = [s.strip() for s in args.servers.split(",") if s.strip()]
     args.scenario_list = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     for s in args.server_list:

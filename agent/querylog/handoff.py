@@ -4,8 +4,8 @@ Why on the DNS loop and not in a thread: a thread of the DNS process that pickle
 needs the GIL while the DNS thread answers, and every trip of the GIL between two threads
 costs the DNS thread a wait of its own, longest when the cores are busy (docs/performance.md,
 "the query log's p99"). On the loop the same work is done between two packets, in slices of
-CHUNK entries (each about 50 µs), each slice a callback of its own so that the packets that
-arrived meanwhile are read before the next one.
+CHUNK entries (each one `marshal.dumps` and one write), each slice a callback of its own so
+that the packets that arrived meanwhile are read before the next one.
 
 The pipe is non-blocking: a frame the pipe has no room for waits in `out` (written when the
 loop says the pipe is writable), and while `out` holds OUT_LIMIT bytes no more entries are
