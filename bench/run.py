@@ -9,9 +9,10 @@ docs/performance.md for the method and the results.
 SafeNest runs with a household's policy in force (bench/household.py; ``--no-policy`` for the
 out-of-the-box default, or the extra server ``safenest-nopolicy`` to compare in one run) and
 ``--admin off``, twice: ``safenest`` with the query log off, like the peers, which log nothing
-(the targets judge it), and ``safenest-log`` with it full, the default configuration. The ``logging`` scenario starts its own SafeNests with the query log ``full``
-and ``off`` (admin server on a loopback port, for /metrics) and sends each the same household
-mix at ``--logging-qps`` for ``--logging-seconds``.
+(the targets judge it), and ``safenest-log`` with it full, the default configuration. The
+``logging`` scenario starts its own SafeNests with the query log ``full`` and ``off`` (admin
+server on a loopback port, for /metrics) and sends each the same household mix at
+``--logging-qps`` for ``--logging-seconds``.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from .servers import (
     version,
     which,
 )
-from .sysstat import DropWatch, snapshot
+from .sysstat import DropWatch, descendants, snapshot
 
 REPO = Path(__file__).resolve().parent.parent
 SCENARIOS = ("hits", "blocked", "latency", "misses", "logging")
@@ -230,8 +231,8 @@ class Bench:
         self.skipped: dict[str, str] = {}
         self.blocking: dict[str, str] = {}
         self.results: dict[str, dict[str, list[dict]]] = {}
-        # {scenario: {server: (latency histogram, timeouts)}} over all rounds, where dnsperf -v ran
-        self.latencies: dict[str, dict[str, tuple[Counter, int]]] = {}
+        # {server: (latency histogram, timeouts)} of the logging scenario, all rounds together
+        self.logging_latencies: dict[str, tuple[Counter, int]] = {}
         self.nonce = os.urandom(3).hex()
 
     # -- setup -------------------------------------------------------------------------
@@ -380,12 +381,10 @@ class Bench:
             drops = watch.stop(server.pid, server.port)
         if scenario in ("misses", "logging"):
             datafile.unlink()
-        if res.latencies is not None:
-            hist, timeouts = self.latencies.setdefault(scenario, {}).get(
-                server.name, (Counter(), 0)
-            )
+        if scenario == "logging" and res.latencies is not None:
+            hist, timeouts = self.logging_latencies.get(server.name, (Counter(), 0))
             hist.update(res.latencies)
-            self.latencies[scenario][server.name] = (hist, timeouts + res.timeouts)
+            self.logging_latencies[server.name] = (hist, timeouts + res.timeouts)
         done = max(res.completed, 1)
         row = {
             "rep": rep,
@@ -480,13 +479,13 @@ class Bench:
             else f"  cores: all shared ({len(cpus)})"
         )
         if split and self.nsd is not None:
-            pin_group(self.nsd.proc.pid, client)
+            pin_tree(self.nsd.proc.pid, client)
         try:
             self._logging_rounds(client, server)
         finally:
             os.sched_setaffinity(0, mask)
             if split and self.nsd is not None and self.nsd.proc.alive():
-                pin_group(self.nsd.proc.pid, mask)
+                pin_tree(self.nsd.proc.pid, mask)
 
     def _logging_rounds(self, client: set[int], server: set[int]) -> None:
         a = self.args
@@ -679,18 +678,13 @@ def parse_metrics(text: str) -> dict[str, float]:
     return out
 
 
-def pin_group(pgid: int, cpus: set[int]) -> None:
-    """Every process of process group `pgid` (nsd and its workers) onto `cpus`."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+def pin_tree(root: int, cpus: set[int]) -> None:
+    """`root` and the processes below it (nsd and its workers) onto `cpus`."""
+    for pid in descendants(root):
         try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-            if int(fields[2]) == pgid:  # the fields after the name: state, ppid, pgrp
-                os.sched_setaffinity(int(entry), cpus)
-        except (OSError, ValueError, IndexError):
-            continue  # gone meanwhile, or not ours
+            os.sched_setaffinity(pid, cpus)
+        except OSError:
+            continue  # gone meanwhile
 
 
 def rcode_text(rcodes: dict[str, int]) -> str:
@@ -914,10 +908,11 @@ def targets(summaries: dict[str, dict[str, dict]]) -> list[dict]:
             if control
             else ""
         )
+        p999 = r.get("p999_pooled_ms", r["p999_ms"])
         add(
             "logging: query log full vs off, p50 and p99 within 5%, nothing lost",
             "PASS" if ok else "FAIL",
-            f"p50 x{p50:.3f}, p99 x{p99:.3f}, p99.9 x{r.get('p999_pooled_ms', r['p999_ms']):.3f} (all rounds pooled); "
+            f"p50 x{p50:.3f}, p99 x{p99:.3f}, p99.9 x{p999:.3f} (all rounds pooled); "
             f"queries lost {lost}; log entries dropped {full.get('querylog_dropped_total', 0)}"
             f"{band}",
         )
@@ -969,7 +964,7 @@ def main(argv: list[str] | None = None) -> int:
         scen: {name: summarise(rows) for name, rows in per.items()}
         for scen, per in bench.results.items()
     }
-    for name, (hist, timeouts) in bench.latencies.get("logging", {}).items():
+    for name, (hist, timeouts) in bench.logging_latencies.items():
         if name in summaries["logging"]:
             summaries["logging"][name].update(pooled(hist, timeouts))
     print()

@@ -1,6 +1,6 @@
 """The query log's hand-off to the writer process, done by the DNS thread's own event loop.
 
-Why on the DNS loop and not in a thread: a thread of the DNS process that pickles entries
+Why on the DNS loop and not in a thread: a thread of the DNS process that encodes entries
 needs the GIL while the DNS thread answers, and every trip of the GIL between two threads
 costs the DNS thread a wait of its own, longest when the cores are busy (docs/performance.md,
 "the query log's p99"). On the loop the same work is done between two packets, in slices of

@@ -15,9 +15,9 @@ What stays in the DNS process is the hand-off (agent/querylog/handoff.py): every
 (handoff.POLL) the DNS thread's own event loop takes up to CHUNK entries off the deque at a time
 (``popleft`` called from C, no Python per entry) and writes them to the child's pipe as one
 frame (marshal: see writer.encode), a slice per callback, between packets, and reads the
-child's acknowledgements (its counters, the commands done) when they arrive. Not threads of their own: a second thread
-of the DNS process, encoding entries or waking up for each acknowledgement, makes the DNS
-thread wait for the GIL. The pipe is non-blocking: when it is full, entries stay in the
+child's acknowledgements (its counters, the commands done) when they arrive. Not threads of
+their own: a second thread of the DNS process, encoding entries or waking up for each
+acknowledgement, makes the DNS thread wait for the GIL. The pipe is non-blocking: when it is full, entries stay in the
 deque, which keeps its bound and drops. One small thread sleeps while the writer runs well:
 the supervisor, which starts the child, restarts it and stops it.
 
