@@ -861,3 +861,57 @@ def test_remembered_answers_are_bounded_when_nothing_is_kept(store, monkeypatch)
         store.write_items(items, lambda profile, kind: False)
         assert len(store._answers) <= 20
     assert store.statistics(now=base + 60)["24h"].queries == 50  # every entry still counted
+
+
+def test_a_batch_of_new_names_stores_each_once_and_every_row_points_at_its_own(store):
+    # The names of a batch's new answers are stored and looked up by SQLite in two
+    # statements: the same name in several answers (A and AAAA, blocked and not, a wire name
+    # and its text) must still be one row of names, and each query row must get its own name.
+    base = time.time()
+    wire = b"\x04wire\x07example\x00"
+    items = []
+    for i in range(200):
+        name = f"n{i}.example"
+        items.append(entry(base + i / 1000, name, qtype=1))
+        items.append(entry(base + i / 1000, name, qtype=28, kind="cached"))
+    items.append(Entry(base + 1, "192.168.1.20", "", "kid", wire, 1, "forwarded", "", "", 1.0))
+    items.append(entry(base + 1, "wire.example", qtype=28))
+    items.append(entry(base + 1, "", qtype=1))  # no name: stored as none
+    assert store.write_items(items, lambda profile, kind: True) == (len(items), 0)
+    rows = raw_rows(store)
+    assert [r[4] for r in rows] == [
+        *(f"n{i}.example" for i in range(200) for _ in range(2)),
+        "wire.example",
+        "wire.example",
+        "",
+    ]
+    names = [row[0] for row in store.conn.execute("SELECT name FROM names")]
+    assert sorted(names) == sorted({*(f"n{i}.example" for i in range(200)), "wire.example"})
+
+
+def test_beyond_answers_the_older_half_is_forgotten_and_the_newer_half_still_used(
+    store, monkeypatch
+):
+    import agent.storage.querylog as ql
+
+    monkeypatch.setattr(ql, "ANSWERS", 10)
+    base = time.time()
+    keep = lambda profile, kind: True  # noqa: E731
+    first = [entry(base + i / 1000, f"a{i}.example") for i in range(12)]  # 12 answers > 10
+    store.write_items(first, keep)
+    looked_up = []
+    answer = store._answer
+    monkeypatch.setattr(store, "_answer", lambda *a: looked_up.append(a[0][1]) or answer(*a))
+    # The next write keeps the 5 newest answers (a7 to a11) and the rows of their keys.
+    again = [entry(base + 1 + i / 1000, f"a{i}.example") for i in (11, 7, 0, 6)]
+    store.write_items(again, keep)
+    assert looked_up == ["a0.example", "a6.example"]  # the newer half was remembered
+    assert [r[4] for r in raw_rows(store)][12:] == [
+        "a11.example",
+        "a7.example",
+        "a0.example",
+        "a6.example",
+    ]
+    kept_keys = sorted(info[1] for info in store._answers.values())
+    in_table = [r[0] for r in store.conn.execute("SELECT id FROM temp.answer_columns ORDER BY id")]
+    assert in_table == kept_keys  # the forgotten answers' rows are gone with them

@@ -24,7 +24,10 @@ where every byte written wears the card:
 The writer's Python work per entry is kept small (``write_items``): the ids of each distinct
 answer ``(profile, name, type, kind, reason)`` are looked up once and remembered (the resolver
 hands thousands of entries that share one prebuilt answer tuple), each row is one tuple of
-integers, and the counts are a Counter over small integers. No parameter is ever None: the
+integers, and the counts are a Counter over small integers. A new answer costs little more:
+what it shares with others of the same profile, kind and reason is remembered too, and the
+names of a batch's new answers are stored and their ids looked up by SQLite, two statements
+for the lot. Beyond ``ANSWERS`` remembered answers the older half is forgotten. No parameter is ever None: the
 sqlite3 module's adapter lookup for a None costs more than the whole rest of a row.
 Pages are 1 KiB (``PAGE_SIZE``): a small commit writes a quarter of the bytes of 4 KiB pages.
 
@@ -41,6 +44,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -57,7 +61,8 @@ TOP_NAMES = 20  # names kept per rollup key and hour
 # often the DNS thread got the GIL back.
 SLICE = 256
 PAGE_SIZE = 1024  # bytes per page of a new file: fewer bytes written per small commit
-ANSWERS = 50_000  # distinct answers whose ids are remembered
+ANSWERS = 50_000  # distinct answers whose ids are remembered (the older half goes beyond)
+SHAPES = 10_000  # distinct (profile, kind, reason) remembered
 BATCH = 1_000  # rows per deleting statement
 SEQ_BITS = 12  # ids: time in ms << SEQ_BITS | sequence
 SEQ_MASK = (1 << SEQ_BITS) - 1
@@ -80,6 +85,13 @@ CHUNK_ROWS = SLICE  # rows per INSERT statement (the rest of a batch: one row pe
 CHUNK_PARAMS = CHUNK_ROWS * BOUND
 INSERT_CHUNK = _SELECT_ROWS.format(",".join(["(?,?,?,?,?,?)"] * CHUNK_ROWS))
 GLOBAL = "*"  # the privacy table's key for the global level
+# A new answer's row of answer_columns: its name's id (0 for no name) is looked up here, after
+# INSERT_NAME stored the names of the lot.
+INSERT_NAME = "INSERT OR IGNORE INTO names(name) VALUES (?)"
+INSERT_ANSWER = (
+    "INSERT OR REPLACE INTO temp.answer_columns VALUES"
+    " (?1, ?2, coalesce((SELECT id FROM names WHERE name = ?7), 0), ?3, ?4, ?5, ?6)"
+)
 
 # Answer kinds as stored (small integers). The values of agent.model.AnswerKind plus
 # "rewritten" (safe search and the like); anything else is stored as 0, "other".
@@ -247,21 +259,24 @@ class QueryLogStore:
     """All reads and writes of DATA/querylog.db.
 
     `write` is meant for one writer (the query log's writer process, agent/querylog/writer.py,
-    or QueryLog itself while that process does not run): it caches the ids of names and terms,
-    and drops that cache when another connection has committed (``PRAGMA data_version``) or
-    when this store deleted names or terms itself.
+    or QueryLog itself while that process does not run): it caches the ids of terms and the
+    answers it met (whose rows of answer_columns hold their names' ids), and drops that cache
+    when another connection has committed (``PRAGMA data_version``) or when this store
+    deleted names or terms itself.
     """
 
     def __init__(self, database: Database):
         self.database = database
         self._term_ids: dict[str, int] = {"": 0}
-        self._name_ids: dict[str, int] = {}
         # answer tuple -> (keep, its key in temp.answer_columns, its rollup slot).
         self._answers: dict[tuple, tuple] = {}
+        self._shapes: dict[tuple, tuple] = {}  # (profile, kind, reason) -> see _shape
         self._answer_conn: sqlite3.Connection | None = None  # whose temp table they are in
         self._next_key = 1
-        self._new_answers: list[tuple] = []  # rows for answer_columns, not inserted yet
-        self._wire_ids: dict[bytes, int] = {}  # wire-format name -> id in names
+        # Rows for answer_columns, not inserted yet: (key, profile, qtype, kind, category,
+        # reason, name as text); the name's id is found by SQLite (_insert_new_answers).
+        self._new_answers: list[tuple] = []
+        self._wire_texts: dict[bytes, str] = {}  # wire-format name -> its text
         self._answers_epoch: object = None
         self._slots: dict[tuple[int, int, int], int] = {}  # (profile, kind, category) -> slot
         self._slot_keys: list[tuple[int, int, int]] = []
@@ -288,10 +303,9 @@ class QueryLogStore:
     def _forget_ids(self) -> None:
         self._term_ids.clear()
         self._term_ids[""] = 0
-        self._name_ids.clear()
-        self._wire_ids.clear()
         self._new_answers.clear()
         self._answers.clear()
+        self._shapes.clear()
         self._next_key = 1  # keys are reused: INSERT OR REPLACE in answer_columns
         self._answer_conn = None  # a rollback may have taken back the TEMP table itself
         self._slots.clear()
@@ -319,54 +333,83 @@ class QueryLogStore:
             raise TypeError(f"expected text, got {type(text).__name__}")
         return self._id("terms", "text", self._term_ids, text) if text else 0
 
-    def _name(self, name: str) -> int:
-        return self._id("names", "name", self._name_ids, name)
-
     def _lookup_term(self, text: str) -> int | None:
         row = self.conn.execute("SELECT id FROM terms WHERE text = ?", (text,)).fetchone()
         return row[0] if row else None
 
     def _insert_new_answers(self, conn: sqlite3.Connection) -> None:
-        conn.executemany(
-            "INSERT OR REPLACE INTO temp.answer_columns VALUES (?,?,?,?,?,?,?)", self._new_answers
-        )
-        self._new_answers.clear()
+        """Store the new answers' names and their rows in answer_columns: two statements for
+        the lot, the names' ids looked up by SQLite. (One INSERT and one SELECT per new name,
+        from Python, cost the writer about 10 µs a name; a fresh SafeNest in the bench meets a
+        new answer in one entry of four.)"""
+        new = self._new_answers
+        conn.executemany(INSERT_NAME, [(row[6],) for row in new if row[6]])
+        conn.executemany(INSERT_ANSWER, new)
+        new.clear()
 
-    def _answer(self, answer: tuple, keep_of: KeepOf) -> tuple:
-        """(keep, key, slot) of an answer, its strings stored; remembered per answer."""
-        profile, name, qtype, kind, reason = answer
+    def _forget_oldest_answers(self, conn: sqlite3.Connection) -> None:
+        """Keep the newer half of the remembered answers, and their rows of answer_columns.
+
+        Not all of them: a fresh SafeNest in the bench meets more than ANSWERS of them in a
+        minute, and forgetting them all made the writer look every one of them up again.
+        Keys grow in the order answers are met, which is the dict's order."""
+        answers = self._answers
+        kept = dict(islice(answers.items(), len(answers) - ANSWERS // 2, None))
+        first_key = next((info[1] for info in kept.values() if info[1]), self._next_key)
+        conn.execute("DELETE FROM temp.answer_columns WHERE id < ?", (first_key,))
+        self._answers = kept
+
+    def _shape(self, profile: str, kind: str, reason: str, keep_of: KeepOf) -> tuple:
+        """What answers with the same profile, kind and reason share: (keep, profile id, kind
+        code, category id, reason id, rollup slot); remembered (few of them, many answers)."""
         keep = keep_of(profile, kind)
         if keep is None:
-            info: tuple = (None, 0, 0)
+            shape: tuple = (None, 0, 0, 0, 0, 0)
         else:
-            qtype = int(qtype)
             if reason.__class__ is not str:
                 raise TypeError("reason: expected text")
             kind_code = KIND_CODE.get(kind, 0)
             profile_id, category_id = self._term(profile), self._term(category_of(reason))
-            key = 0
-            if keep:  # names and reasons are stored only for logged answers
-                if name.__class__ is bytes:  # from the packet: many answers share a name
-                    name_id = self._wire_ids.get(name)
-                    if name_id is None:
-                        if len(self._wire_ids) >= 100_000:  # bound the memory of a long run
-                            self._wire_ids.clear()
-                        name_id = self._wire_ids[name] = self._name(name_to_text(name))
-                else:
-                    name_id = self._name(name) if name else 0
-                reason_id = self._term(reason)
-                key = self._next_key
-                self._next_key += 1
-                # Inserted before the rows that use it (see _write_items).
-                self._new_answers.append(
-                    (key, profile_id, name_id, qtype, kind_code, category_id, reason_id)
-                )
+            reason_id = self._term(reason) if keep else 0  # stored only for logged answers
             counted_as = (profile_id, kind_code, category_id)
             slot = self._slots.get(counted_as)
             if slot is None:
                 slot = self._slots[counted_as] = len(self._slot_keys)
                 self._slot_keys.append(counted_as)
-            info = (keep, key, slot)
+            shape = (keep, profile_id, kind_code, category_id, reason_id, slot)
+        if len(self._shapes) >= SHAPES:
+            self._shapes.clear()
+        self._shapes[(profile, kind, reason)] = shape
+        return shape
+
+    def _answer(self, answer: tuple, keep_of: KeepOf) -> tuple:
+        """(keep, key, slot) of an answer, its strings stored; remembered per answer."""
+        profile, name, qtype, kind, reason = answer
+        shape = self._shapes.get((profile, kind, reason))
+        if shape is None:
+            shape = self._shape(profile, kind, reason, keep_of)
+        keep = shape[0]
+        if keep is None:
+            info: tuple = (None, 0, 0)
+        else:
+            qtype = int(qtype)
+            key = 0
+            if keep:  # names are stored only for logged answers
+                if name.__class__ is bytes:  # from the packet: many answers share a name
+                    text = self._wire_texts.get(name)
+                    if text is None:
+                        if len(self._wire_texts) >= 100_000:  # bound the memory of a long run
+                            self._wire_texts.clear()
+                        text = self._wire_texts[name] = name_to_text(name)
+                elif name.__class__ is str or not name:
+                    text = name or ""  # "" (or None): no name, stored as 0
+                else:
+                    raise TypeError(f"name: expected text or a wire-format name, got {name!r}")
+                key = self._next_key
+                self._next_key += 1
+                # Inserted before the rows that use it (see _write_items).
+                self._new_answers.append((key, shape[1], qtype, shape[2], shape[3], shape[4], text))
+            info = (keep, key, shape[5])
         self._answers[answer] = info
         return info
 
@@ -437,13 +480,17 @@ class QueryLogStore:
                     " profile, name, qtype, kind, category, reason)"
                 )
                 self._answers.clear()
+                self._shapes.clear()
                 self._next_key = 1
                 self._answer_conn = conn
-            if epoch != self._answers_epoch or len(self._answers) > ANSWERS:
-                # Only here, between writes: keys bound in a write must keep their columns.
+            # Only here, between writes: keys bound in a write must keep their columns.
+            if epoch != self._answers_epoch:  # the levels changed: every answer is asked again
                 self._answers.clear()
+                self._shapes.clear()
                 self._next_key = 1
                 self._answers_epoch = epoch
+            elif len(self._answers) > ANSWERS:
+                self._forget_oldest_answers(conn)
             answers_get, answer = self._answers.get, self._answer
             term_get, term = self._term_ids.get, self._term
             last = self._last_id
