@@ -59,7 +59,9 @@ def resolve(name: str, port: int, ip: str = "127.0.0.1", timeout: float = 1.0) -
                 data = s.recv(4096)
             except (TimeoutError, ConnectionRefusedError):
                 return None
-            if len(data) >= 12 and struct.unpack("!H", data[:2])[0] == qid:
+            # A response (QR set): the kernel may give this socket the very port it sends to
+            # while the server is not bound yet, and the query then comes back as itself.
+            if len(data) >= 12 and struct.unpack("!H", data[:2])[0] == qid and data[2] & 0x80:
                 return data
     return None
 

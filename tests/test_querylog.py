@@ -132,6 +132,28 @@ def test_the_writer_process_runs_under_sched_idle_or_else_at_nice_19(open_log):
     assert ql.written == 1  # an idle core is enough for it
 
 
+def test_a_new_writer_process_starts_at_that_priority_before_its_own_code_runs(
+    open_log, tmp_path, monkeypatch
+):
+    # A writer restarted while DNS is busy: its interpreter's start-up and imports must not
+    # compete with the DNS thread either. The stand-in child reports the scheduling it found
+    # at its first line, long before it could have lowered it itself.
+    import agent.querylog.log as log_module
+    from agent.querylog.writer import NICE
+
+    if os.sched_getscheduler(0) == os.SCHED_IDLE or os.getpriority(os.PRIO_PROCESS, 0) >= NICE:
+        pytest.skip("the tests themselves run at the writer's priority: nothing to tell apart")
+    probe = tmp_path / "probe.txt"
+    monkeypatch.setenv("SAFENEST_TEST_PROBE_OUT", str(probe))
+    monkeypatch.setattr(log_module, "CHILD_MODULE", "tests.querylog_probe_child")
+    monkeypatch.setattr(log_module, "START_WAIT", 5.0)
+    ql = open_log()
+    ql.start()
+    wait_until(lambda: probe.exists() and probe.read_text().endswith("\n"), "the stand-in's report")
+    policy, nice = map(int, probe.read_text().split())
+    assert policy == os.SCHED_IDLE or nice == NICE
+
+
 def test_a_partial_batch_is_written_after_flush_seconds(open_log):
     ql = open_log(flush_entries=1000, flush_seconds=0.3)
     ql.start()

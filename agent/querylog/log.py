@@ -61,7 +61,7 @@ from pathlib import Path
 from ..model import AnswerKind
 from ..storage.querylog import GLOBAL, PRIVACY_LEVELS, QueryLogStore
 from .handoff import CHUNK, LoopSender, unframe
-from .writer import Command, Writer, decode, encode
+from .writer import Command, Writer, decode, encode, lower_priority
 
 log = logging.getLogger(__name__)
 
@@ -430,6 +430,9 @@ class QueryLog:
         finally:
             os.close(r_in)
             os.close(w_out)
+        # Now, not when the child gets to it: its interpreter's start and imports are CPU
+        # that a restart would otherwise take from the DNS thread at its own priority.
+        lower_priority(proc.pid)
         child = _Child(proc, Connection(w_in, readable=False), Connection(r_out, writable=False))
         try:
             child.send(
