@@ -937,3 +937,24 @@ def test_beyond_answers_the_older_half_is_forgotten_and_the_newer_half_still_use
     kept_keys = sorted(info[1] for info in store._answers.values())
     in_table = [r[0] for r in store.conn.execute("SELECT id FROM temp.answer_columns ORDER BY id")]
     assert in_table == kept_keys  # the forgotten answers' rows are gone with them
+
+
+def test_the_wal_holds_many_commits_before_they_are_copied_into_the_file(store, tmp_path):
+    # A checkpoint copies a page once however many commits rewrote it: fewer bytes on the card
+    # than SQLite's default of one checkpoint per 1,000 pages.
+    from agent.storage.querylog import PAGE_SIZE, WAL_AUTOCHECKPOINT
+
+    db, wal = tmp_path / "querylog.db", tmp_path / "querylog.db-wal"
+    size_before = db.stat().st_size
+    base = time.time()
+    keep = lambda profile, kind: True  # noqa: E731
+    frames = batches = 0
+    while frames <= 1_500 and batches < 20:  # past SQLite's default of 1,000 pages
+        items = [entry(base + batches + i / 10_000, f"n{batches}-{i}.ex") for i in range(2_000)]
+        store.write_items(items, keep)
+        batches += 1
+        frames = (wal.stat().st_size - 32) // (PAGE_SIZE + 24)
+    assert 1_500 < frames < WAL_AUTOCHECKPOINT
+    assert db.stat().st_size == size_before  # nothing copied yet
+    store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert db.stat().st_size > size_before and len(raw_rows(store)) == batches * 2_000

@@ -46,12 +46,18 @@ class Database:
     connection as a sqlite_utils.Database."""
 
     def __init__(
-        self, path: str | Path, migrations: Sequence[Migration] = (), page_size: int | None = None
+        self,
+        path: str | Path,
+        migrations: Sequence[Migration] = (),
+        page_size: int | None = None,
+        wal_autocheckpoint: int | None = None,
     ):
         self.path = Path(path)
         # Bytes per page of a new file (None: SQLite's 4096). Smaller pages mean fewer bytes
         # per small commit; it takes effect only before the file's first table (WAL keeps it).
         self.page_size = page_size
+        # Pages in the WAL before a commit copies them into the file (None: SQLite's 1,000).
+        self.wal_autocheckpoint = wal_autocheckpoint
         _make_private(self.path)
         self._local = threading.local()
         self._migrations = tuple(sorted(migrations, key=lambda m: m.version))
@@ -81,6 +87,8 @@ class Database:
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            if self.wal_autocheckpoint is not None:
+                conn.execute(f"PRAGMA wal_autocheckpoint={int(self.wal_autocheckpoint)}")
             self._local.conn = conn
         return conn
 
