@@ -27,8 +27,9 @@ hands thousands of entries that share one prebuilt answer tuple), each row is on
 integers, and the counts are a Counter over small integers. A new answer costs little more:
 what it shares with others of the same profile, kind and reason is remembered too, and the
 names of a batch's new answers are stored and their ids looked up by SQLite, two statements
-for the lot. Beyond ``ANSWERS`` remembered answers the older half is forgotten. No parameter is ever None: the
-sqlite3 module's adapter lookup for a None costs more than the whole rest of a row.
+for the lot. Beyond ``ANSWERS`` remembered answers the older half is forgotten. No parameter
+is ever None: the sqlite3 module's adapter lookup for a None costs more than the whole rest
+of a row.
 Pages are 1 KiB (``PAGE_SIZE``): a small commit writes a quarter of the bytes of 4 KiB pages.
 
 Deletions (retention, privacy purges, a profile's history) run in batches of ``BATCH`` rows,
