@@ -17,8 +17,8 @@ What stays in the DNS process is the hand-off (agent/querylog/handoff.py): every
 frame (marshal: see writer.encode), a slice per callback, between packets, and reads the
 child's acknowledgements (its counters, the commands done) when they arrive. Not threads of
 their own: a second thread of the DNS process, encoding entries or waking up for each
-acknowledgement, makes the DNS thread wait for the GIL. The pipe is non-blocking: when it is full, entries stay in the
-deque, which keeps its bound and drops. One small thread sleeps while the writer runs well:
+acknowledgement, makes the DNS thread wait for the GIL. The pipe is non-blocking: when it is
+full, entries stay in the deque, which keeps its bound and drops. One small thread sleeps while the writer runs well:
 the supervisor, which starts the child, restarts it and stops it.
 
 Privacy changes and a profile's deletion are `Command`s appended to the same deque as the

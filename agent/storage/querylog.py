@@ -24,10 +24,8 @@ where every byte written wears the card:
 The writer's Python work per entry is kept small (``write_items``): the ids of each distinct
 answer ``(profile, name, type, kind, reason)`` are looked up once and remembered (the resolver
 hands thousands of entries that share one prebuilt answer tuple), each row is one tuple of
-integers, and the counts are a Counter over small integers. A new answer costs little more:
-what it shares with others of the same profile, kind and reason is remembered too, and the
-names of a batch's new answers are stored and their ids looked up by SQLite, two statements
-for the lot. Beyond ``ANSWERS`` remembered answers the older half is forgotten. No parameter
+integers, and the counts are a Counter over small integers. The names of a batch's new
+answers are stored and their ids looked up by SQLite, two statements for the lot. Beyond ``ANSWERS`` remembered answers the older half is forgotten. No parameter
 is ever None: the sqlite3 module's adapter lookup for a None costs more than the whole rest
 of a row.
 Pages are 1 KiB (``PAGE_SIZE``): a small commit writes a quarter of the bytes of 4 KiB pages.
@@ -69,7 +67,6 @@ PAGE_SIZE = 1024  # bytes per page of a new file: fewer bytes written per small 
 # 1,000 queries, docs/performance.md), and the writer spent 8% less CPU on the bench's stream.
 WAL_AUTOCHECKPOINT = 10_000
 ANSWERS = 50_000  # distinct answers whose ids are remembered (the older half goes beyond)
-SHAPES = 10_000  # distinct (profile, kind, reason) remembered
 BATCH = 1_000  # rows per deleting statement
 SEQ_BITS = 12  # ids: time in ms << SEQ_BITS | sequence
 SEQ_MASK = (1 << SEQ_BITS) - 1
@@ -277,7 +274,6 @@ class QueryLogStore:
         self._term_ids: dict[str, int] = {"": 0}
         # answer tuple -> (keep, its key in temp.answer_columns, its rollup slot).
         self._answers: dict[tuple, tuple] = {}
-        self._shapes: dict[tuple, tuple] = {}  # (profile, kind, reason) -> see _shape
         self._answer_conn: sqlite3.Connection | None = None  # whose temp table they are in
         self._next_key = 1
         # Rows for answer_columns, not inserted yet: (key, profile, qtype, kind, category,
@@ -319,7 +315,6 @@ class QueryLogStore:
         self._term_ids[""] = 0
         self._new_answers.clear()
         self._answers.clear()
-        self._shapes.clear()
         self._next_key = 1  # keys are reused: INSERT OR REPLACE in answer_columns
         self._answer_conn = None  # a rollback may have taken back the TEMP table itself
         self._slots.clear()
@@ -373,42 +368,20 @@ class QueryLogStore:
         conn.execute("DELETE FROM temp.answer_columns WHERE id < ?", (first_key,))
         self._answers = kept
 
-    def _shape(self, profile: str, kind: str, reason: str, keep_of: KeepOf) -> tuple:
-        """What answers with the same profile, kind and reason share: (keep, profile id, kind
-        code, category id, reason id, rollup slot); remembered (few of them, many answers)."""
-        keep = keep_of(profile, kind)
-        if keep is None:
-            shape: tuple = (None, 0, 0, 0, 0, 0)
-        else:
-            if reason.__class__ is not str:
-                raise TypeError("reason: expected text")
-            kind_code = KIND_CODE.get(kind, 0)
-            profile_id, category_id = self._term(profile), self._term(category_of(reason))
-            reason_id = self._term(reason) if keep else 0  # stored only for logged answers
-            counted_as = (profile_id, kind_code, category_id)
-            slot = self._slots.get(counted_as)
-            if slot is None:
-                slot = self._slots[counted_as] = len(self._slot_keys)
-                self._slot_keys.append(counted_as)
-            shape = (keep, profile_id, kind_code, category_id, reason_id, slot)
-        if len(self._shapes) >= SHAPES:
-            self._shapes.clear()
-        self._shapes[(profile, kind, reason)] = shape
-        return shape
-
     def _answer(self, answer: tuple, keep_of: KeepOf) -> tuple:
         """(keep, key, slot) of an answer, its strings stored; remembered per answer."""
         profile, name, qtype, kind, reason = answer
-        shape = self._shapes.get((profile, kind, reason))
-        if shape is None:
-            shape = self._shape(profile, kind, reason, keep_of)
-        keep = shape[0]
+        keep = keep_of(profile, kind)
         if keep is None:
             info: tuple = (None, 0, 0)
         else:
             qtype = int(qtype)
+            if reason.__class__ is not str:
+                raise TypeError("reason: expected text")
+            kind_code = KIND_CODE.get(kind, 0)
+            profile_id, category_id = self._term(profile), self._term(category_of(reason))
             key = 0
-            if keep:  # names are stored only for logged answers
+            if keep:  # names and reasons are stored only for logged answers
                 if name.__class__ is bytes:  # from the packet: many answers share a name
                     text = self._wire_texts.get(name)
                     if text is None:
@@ -419,11 +392,19 @@ class QueryLogStore:
                     text = name or ""  # "" (or None): no name, stored as 0
                 else:
                     raise TypeError(f"name: expected text or a wire-format name, got {name!r}")
+                reason_id = self._term(reason)
                 key = self._next_key
                 self._next_key += 1
                 # Inserted before the rows that use it (see _write_items).
-                self._new_answers.append((key, shape[1], qtype, shape[2], shape[3], shape[4], text))
-            info = (keep, key, shape[5])
+                self._new_answers.append(
+                    (key, profile_id, qtype, kind_code, category_id, reason_id, text)
+                )
+            counted_as = (profile_id, kind_code, category_id)
+            slot = self._slots.get(counted_as)
+            if slot is None:
+                slot = self._slots[counted_as] = len(self._slot_keys)
+                self._slot_keys.append(counted_as)
+            info = (keep, key, slot)
         self._answers[answer] = info
         return info
 
@@ -494,13 +475,11 @@ class QueryLogStore:
                     " profile, name, qtype, kind, category, reason)"
                 )
                 self._answers.clear()
-                self._shapes.clear()
                 self._next_key = 1
                 self._answer_conn = conn
             # Only here, between writes: keys bound in a write must keep their columns.
             if epoch != self._answers_epoch:  # the levels changed: every answer is asked again
                 self._answers.clear()
-                self._shapes.clear()
                 self._next_key = 1
                 self._answers_epoch = epoch
             elif len(self._answers) > ANSWERS:
