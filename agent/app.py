@@ -49,6 +49,7 @@ from .dns.steps.policy import Policy
 from .dns.steps.special_queries import SpecialQueries
 from .dns.upstream import Forwarder
 from .feed.schedule import FeedSync
+from .gc_clock import CollectorClock
 from .lists import compile_lists, last_good, load_lists
 from .querylog import QueryLog
 from .settings import Settings
@@ -469,10 +470,10 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> int:
             loop.remove_signal_handler(signum)
         raise
     # What start-up built lives as long as the process: keep the collector from
-    # scanning it again and again, and collect the young generation less often, as
-    # the cache fills with objects that live for minutes.
+    # scanning it again and again; then collect on a clock, in short pauses (gc_clock.py).
     gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    collector = CollectorClock()
+    collector.start(loop)
     # The admin server and a few housekeeping threads are Python threads (the query log's writer
     # is a process, its hand-off runs on the DNS loop):
     # by default a thread that wants the GIL waits up to 5 ms for the holder to let go, which
@@ -485,6 +486,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> int:
         await stopping.wait()
     finally:
         log.info("stopping")
+        collector.stop()
         await agent.stop()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)

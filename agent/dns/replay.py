@@ -50,7 +50,7 @@ def capped_until(entry, cap: int, now: float) -> float:
     the lowest TTL drops below the cap, or the entry expires. Every child's answers are capped
     (300 s by default against TTLs of hours), so a child's remembered answer is refreshed
     once rather than once a second per name. Call it after serving the entry at `now`."""
-    lowest = min([ttl for _, ttl in entry.ttls], default=0)
+    lowest = min(entry.ttls[1::2], default=0)  # (offset, TTL, offset, TTL, ...)
     # Served at age int(t - stored); all capped while that age <= lowest - cap.
     last = entry.stored + (lowest - cap + 1)
     if now >= last:
