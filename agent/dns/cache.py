@@ -27,10 +27,10 @@ from .wire import (
 
 STALE_TTL = 30  # RFC 8767 recommends 30 s for stale answers
 
-# A kept Entry is told apart from the collector's work: it refers only to bytes, numbers and
-# tuples of them, so it can never be in a reference cycle (the rule by which CPython itself
-# stops tracking such tuples), and refcounting frees it. Tracked, every entry a burst of misses
-# brought in was scanned by the next middle collection: 24 ms for a bench's warm-up (gc_clock.py).
+# The collector leaves a kept Entry alone: it refers only to bytes, numbers and tuples of them,
+# so it can never be in a reference cycle (the rule by which CPython itself stops tracking such
+# tuples), and refcounting frees it. Tracked, the entries of a burst of misses were all scanned
+# by the next middle collection (gc_clock.py; docs/performance.md, "The collector on a clock").
 _untrack = ctypes.pythonapi.PyObject_GC_UnTrack
 _untrack.argtypes = (ctypes.py_object,)
 _untrack.restype = None
