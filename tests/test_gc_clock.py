@@ -89,7 +89,7 @@ def test_young_collections_every_tick_a_middle_one_every_nth_and_a_full_one_rare
     assert collections[:12] == [0, 0, 1, 0, 0, 2, 0, 0, 1, 0, 0, 2]
 
 
-def test_while_running_only_a_burst_starts_a_collection_and_stop_puts_the_old_thresholds_back():
+def test_while_running_the_automatic_threshold_is_the_burst_one_and_stop_puts_the_old_back():
     before = gc.get_threshold()
 
     async def main() -> tuple[tuple[int, int, int], int]:

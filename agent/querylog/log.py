@@ -18,8 +18,8 @@ frame (marshal: see writer.encode), a slice per callback, between packets, and r
 child's acknowledgements (its counters, the commands done) when they arrive. Not threads of
 their own: a second thread of the DNS process, encoding entries or waking up for each
 acknowledgement, makes the DNS thread wait for the GIL. The pipe is non-blocking: when it is
-full, entries stay in the deque, which keeps its bound and drops. One small thread sleeps while the writer runs well:
-the supervisor, which starts the child, restarts it and stops it.
+full, entries stay in the deque, which keeps its bound and drops. One small thread sleeps
+while the writer runs well: the supervisor, which starts the child, restarts it and stops it.
 
 Privacy changes and a profile's deletion are `Command`s appended to the same deque as the
 entries, so the child sees them in order: the entries queued before a stricter level are

@@ -25,9 +25,9 @@ The writer's Python work per entry is kept small (``write_items``): the ids of e
 answer ``(profile, name, type, kind, reason)`` are looked up once and remembered (the resolver
 hands thousands of entries that share one prebuilt answer tuple), each row is one tuple of
 integers, and the counts are a Counter over small integers. The names of a batch's new
-answers are stored and their ids looked up by SQLite, two statements for the lot. Beyond ``ANSWERS`` remembered answers the older half is forgotten. No parameter
-is ever None: the sqlite3 module's adapter lookup for a None costs more than the whole rest
-of a row.
+answers are stored and their ids looked up by SQLite, two statements for the lot. Beyond
+``ANSWERS`` remembered answers the older half is forgotten. No parameter is ever None: the
+sqlite3 module's adapter lookup for a None costs more than the whole rest of a row.
 Pages are 1 KiB (``PAGE_SIZE``): a small commit writes a quarter of the bytes of 4 KiB pages.
 
 Deletions (retention, privacy purges, a profile's history) run in batches of ``BATCH`` rows,
