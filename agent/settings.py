@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -88,6 +89,32 @@ def _as_non_negative_float(value: Any) -> float:
     if not number >= 0 or number == float("inf"):
         raise ValueError(f"must be a finite number, zero or more, got {value!r}")
     return number
+
+
+_CPU_RANGE = re.compile(r"(\d{1,4})(?:-(\d{1,4}))?", re.ASCII)
+
+
+def _as_cpus(value: Any) -> list[int]:
+    """CPU numbers as Linux lists them ("3", "0,2", "1-3", or a TOML list of numbers)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if isinstance(value, list) and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        parts = [str(v) for v in value]
+    else:
+        parts = _as_list(value)
+    cpus: set[int] = set()
+    for part in parts:
+        match = _CPU_RANGE.fullmatch(part)
+        if match is None:
+            raise ValueError(f"bad CPU {part!r}: expected a number or a range like 2-3")
+        low = int(match[1])
+        high = int(match[2]) if match[2] else low
+        if low > high:
+            raise ValueError(f"bad CPU range {part!r}: the first CPU must come first")
+        cpus.update(range(low, high + 1))
+    return sorted(cpus)
 
 
 def _as_feed_urls(value: Any) -> list[str]:
@@ -306,6 +333,12 @@ SETTINGS: tuple[Setting, ...] = (
         20_000,
         "Most logged queries waiting in memory; beyond that they are dropped and counted, so DNS never waits for the disk.",
         _as_positive_int,
+    ),
+    Setting(
+        "querylog_writer_cpus",
+        [],
+        "CPUs the query log's writer process runs on ('3', '2-3'); empty: the same as SafeNest's. Where SafeNest is pinned to one core (systemd CPUAffinity=, taskset), give the writer another, so that its writes never share the DNS thread's core. CPUs this machine does not have are ignored, with a warning.",
+        _as_cpus,
     ),
     Setting(
         "admin_listen",

@@ -61,6 +61,8 @@ def value_type(setting: Setting) -> str:
         return "number greater than 0 (decimals allowed)"
     if parse is registry._as_non_negative_float:
         return "number, 0 or more (decimals allowed)"
+    if parse is registry._as_cpus:
+        return "list of CPU numbers (`3`, `0,2`, `2-3`)"
     if parse is registry._as_feed_urls:
         return "list of URLs"
     if parse is registry._as_bool:

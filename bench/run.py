@@ -122,6 +122,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(default); shared: every process on every CPU",
     )
     p.add_argument(
+        "--logging-writer",
+        choices=("apart", "with-dns"),
+        default="apart",
+        help="logging, split cores: apart: the log's writer process on the clients' CPU "
+        "(querylog_writer_cpus), off the DNS thread's core as on a Pi's four (default); "
+        "with-dns: on SafeNest's one core, which it then shares with the DNS thread",
+    )
+    p.add_argument(
         "--logging-control",
         action=argparse.BooleanOptionalAction,
         help="logging: a third SafeNest in each round, the log off again, whose ratio to the "
@@ -233,6 +241,8 @@ class Bench:
         self.results: dict[str, dict[str, list[dict]]] = {}
         # {server: (latency histogram, timeouts)} of the logging scenario, all rounds together
         self.logging_latencies: dict[str, tuple[Counter, int]] = {}
+        self.writer_cpus: set[int] = set()  # the log-full SafeNest's writer's (empty: SafeNest's)
+        self.logging_layout = ""  # where the logging scenario's processes ran, in words
         self.nonce = os.urandom(3).hex()
 
     # -- setup -------------------------------------------------------------------------
@@ -473,11 +483,16 @@ class Bench:
         cpus = sorted(mask)
         split = a.logging_cores == "split" and len(cpus) >= 2
         client, server = ({cpus[0]}, set(cpus[1:])) if split else (mask, mask)
-        log(
-            f"  cores: clients and upstream on {sorted(client)}, SafeNest on {sorted(server)}"
+        # Where the writer goes when it may not share SafeNest's core: with the clients. That
+        # can only slow the log-full SafeNest's answers (dnsperf waits for that core too).
+        self.writer_cpus = client if split and a.logging_writer == "apart" else set()
+        self.logging_layout = (
+            f"clients and upstream on CPU {cpu_list(client)}, SafeNest on {cpu_list(server)}, "
+            f"its log's writer on {cpu_list(self.writer_cpus or server)}"
             if split
-            else f"  cores: all shared ({len(cpus)})"
+            else f"every process on every CPU ({len(cpus)})"
         )
+        log(f"  cores: {self.logging_layout}")
         if split and self.nsd is not None:
             pin_tree(self.nsd.proc.pid, client)
         try:
@@ -507,7 +522,10 @@ class Bench:
                     wait=a.safenest_wait,
                     name=f"safenest-log-{suffix}",
                     policy=not a.no_policy,
-                    env={"SAFENEST_QUERYLOG_PRIVACY": level},
+                    env={
+                        "SAFENEST_QUERYLOG_PRIVACY": level,
+                        "SAFENEST_QUERYLOG_WRITER_CPUS": cpu_list(self.writer_cpus),
+                    },
                     metrics=True,
                 )
                 why = peer.available()
@@ -676,6 +694,11 @@ def parse_metrics(text: str) -> dict[str, float]:
         except ValueError:
             continue
     return out
+
+
+def cpu_list(cpus: set[int]) -> str:
+    """`cpus` as querylog_writer_cpus takes them ("0", "1,2")."""
+    return ",".join(map(str, sorted(cpus)))
 
 
 def pin_tree(root: int, cpus: set[int]) -> None:
@@ -862,7 +885,9 @@ def table(scenario: str, summary: dict[str, dict], repeat: int) -> list[str]:
 
 
 def targets(
-    summaries: dict[str, dict[str, dict]], off_both: dict[str, float] | None = None
+    summaries: dict[str, dict[str, dict]],
+    off_both: dict[str, float] | None = None,
+    logging_layout: str = "",
 ) -> list[dict]:
     """The issue's targets, each PASS / FAIL / n/a (no SafeNest or no peer)."""
     out = []
@@ -947,7 +972,8 @@ def targets(
             "PASS" if ok else "FAIL",
             f"p50 x{p50:.3f}, p99 x{p99:.3f}, p99.9 x{p999:.3f} (full ÷ {against}, all "
             f"rounds' queries pooled); queries lost {lost}; log entries dropped "
-            f"{full.get('querylog_dropped_total', 0)}{band}",
+            f"{full.get('querylog_dropped_total', 0)}{band}"
+            + (f"; {logging_layout}" if logging_layout else ""),
         )
     elif "logging" in summaries:
         add("logging: full vs off", "n/a", "a logging run is missing")
@@ -1011,7 +1037,7 @@ def main(argv: list[str] | None = None) -> int:
             print()
             print("\n".join(table(scen, summaries[scen], rounds(args, scen))))
     off_both = off_reference(bench.logging_latencies)
-    verdicts = targets(summaries, off_both)
+    verdicts = targets(summaries, off_both, bench.logging_layout)
     if verdicts:
         print()
         print("Targets:")

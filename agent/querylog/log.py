@@ -53,7 +53,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from itertools import repeat, starmap
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -61,7 +61,7 @@ from pathlib import Path
 from ..model import AnswerKind
 from ..storage.querylog import GLOBAL, PRIVACY_LEVELS, QueryLogStore
 from .handoff import CHUNK, LoopSender, unframe
-from .writer import Command, Writer, decode, encode, lower_priority
+from .writer import Command, Writer, decode, encode, lower_priority, place
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +160,7 @@ class QueryLog:
         raw_days: float = 7,
         rollup_days: float = 90,
         busy_timeout: float | None = None,
+        writer_cpus: Iterable[int] = (),
         clock: Callable[[], float] = time.time,
     ):
         # The store of this process: reading, and writing when the writer process does not run
@@ -172,6 +173,8 @@ class QueryLog:
         self.raw_days = raw_days
         self.rollup_days = rollup_days
         self.busy_timeout = busy_timeout
+        self.writer_cpus = frozenset(writer_cpus)  # empty: the writer runs where this process may
+        self._told_cpus = False  # the writer's CPUs could not be set: said once
         self.clock = clock
         self._queue: deque = deque()
         self._lock = threading.Lock()  # the levels, and the order of the commands
@@ -213,6 +216,7 @@ class QueryLog:
                 "queue_entries": settings.querylog_queue_entries,
                 "raw_days": settings.querylog_raw_days,
                 "rollup_days": settings.querylog_rollup_days,
+                "writer_cpus": settings.querylog_writer_cpus,
                 **options,
             }
         return cls(QueryLogStore.open(Path(data_dir) / "querylog.db"), **options)
@@ -433,6 +437,11 @@ class QueryLog:
         # Now, not when the child gets to it: its interpreter's start and imports are CPU
         # that a restart would otherwise take from the DNS thread at its own priority.
         lower_priority(proc.pid)
+        if self.writer_cpus:
+            why = place(proc.pid, self.writer_cpus)
+            if why and not self._told_cpus:
+                self._told_cpus = True
+                log.warning("query log: writer not moved to querylog_writer_cpus: %s", why)
         child = _Child(proc, Connection(w_in, readable=False), Connection(r_out, writable=False))
         try:
             child.send(

@@ -53,7 +53,7 @@ import sqlite3
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import Connection
 
 from ..storage.querylog import GLOBAL, KINDS_KEPT_WHEN_HIDING, QueryLogStore, hour_of
@@ -451,6 +451,25 @@ def lower_priority(pid: int = 0) -> str:
         except OSError:
             pass
         return "nice"
+
+
+def place(pid: int, cpus: Iterable[int]) -> str:
+    """Let process `pid` run only on `cpus` (querylog_writer_cpus), those of them this machine
+    has; returns "" when done, else why not (no such CPU here, or the kernel refused).
+
+    Why: where SafeNest is pinned to one core (systemd CPUAffinity=, taskset), the writer
+    inherits that core and its transactions run between the DNS thread's packets, even under
+    SCHED_IDLE: at 5,000 queries/s on one shared core the log cost the answers 5 to 9% at p50
+    and p99, and within 3% with the writer on another core (docs/performance.md)."""
+    wanted = set(cpus)
+    usable = wanted & set(range(os.cpu_count() or 1))
+    if not usable:
+        return f"this machine has no CPU {', '.join(map(str, sorted(wanted)))}"
+    try:
+        os.sched_setaffinity(pid, usable)
+    except OSError as exc:
+        return f"the kernel refused CPUs {sorted(usable)}: {exc.strerror or exc}"
+    return ""
 
 
 def main(argv: list[str] | None = None) -> int:
