@@ -459,8 +459,9 @@ def place(pid: int, cpus: Iterable[int]) -> str:
 
     Why: where SafeNest is pinned to one core (systemd CPUAffinity=, taskset), the writer
     inherits that core and its transactions run between the DNS thread's packets, even under
-    SCHED_IDLE: at 5,000 queries/s on one shared core the log cost the answers 5 to 9% at p50
-    and p99, and within 3% with the writer on another core (docs/performance.md)."""
+    SCHED_IDLE. At 5,000 queries/s that cost the answers' p99 from nothing measurable to 9%
+    (docs/performance.md). The CPUs given should be ones no busy task needs: on the bench's
+    load generator's core the writer delayed the clients instead."""
     wanted = set(cpus)
     usable = wanted & set(range(os.cpu_count() or 1))
     if not usable:
