@@ -241,7 +241,7 @@ class Bench:
         self.results: dict[str, dict[str, list[dict]]] = {}
         # {server: (latency histogram, timeouts)} of the logging scenario, all rounds together
         self.logging_latencies: dict[str, tuple[Counter, int]] = {}
-        self.writer_cpus: set[int] = set()  # the log-full SafeNest's writer's (empty: SafeNest's)
+        self.writer_cpus: set[int] = set()  # the logging scenario's writers' (empty: SafeNest's)
         self.logging_layout = ""  # where the logging scenario's processes ran, in words
         self.nonce = os.urandom(3).hex()
 
@@ -523,10 +523,12 @@ class Bench:
                     wait=a.safenest_wait,
                     name=f"safenest-log-{suffix}",
                     policy=not a.no_policy,
-                    env={
-                        "SAFENEST_QUERYLOG_PRIVACY": level,
-                        "SAFENEST_QUERYLOG_WRITER_CPUS": cpu_list(self.writer_cpus),
-                    },
+                    env={"SAFENEST_QUERYLOG_PRIVACY": level}
+                    | (
+                        {"SAFENEST_QUERYLOG_WRITER_CPUS": cpu_list(self.writer_cpus)}
+                        if self.writer_cpus
+                        else {}
+                    ),
                     metrics=True,
                 )
                 why = peer.available()
