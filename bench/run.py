@@ -241,7 +241,6 @@ class Bench:
         self.results: dict[str, dict[str, list[dict]]] = {}
         # {server: (latency histogram, timeouts)} of the logging scenario, all rounds together
         self.logging_latencies: dict[str, tuple[Counter, int]] = {}
-        self.writer_cpus: set[int] = set()  # the logging scenario's writers' (empty: SafeNest's)
         self.logging_layout = ""  # where the logging scenario's processes ran, in words
         self.nonce = os.urandom(3).hex()
 
@@ -486,10 +485,10 @@ class Bench:
         # --logging-writer apart: the writer on the clients' core. Not the default: there it
         # delays dnsperf, and the log-full SafeNest's measured p99 was x1.2-1.3 that of the
         # log-off ones, against x1.00 with the writer on SafeNest's core (docs/performance.md).
-        self.writer_cpus = client if split and a.logging_writer == "apart" else set()
+        writer = client if split and a.logging_writer == "apart" else set()  # empty: SafeNest's
         self.logging_layout = (
             f"clients and upstream on CPU {cpu_list(client)}, SafeNest on {cpu_list(server)}, "
-            f"its log's writer on {cpu_list(self.writer_cpus or server)}"
+            f"its log's writer on {cpu_list(writer or server)}"
             if split
             else f"every process on every CPU ({len(cpus)})"
         )
@@ -497,13 +496,13 @@ class Bench:
         if split and self.nsd is not None:
             pin_tree(self.nsd.proc.pid, client)
         try:
-            self._logging_rounds(client, server)
+            self._logging_rounds(client, server, writer)
         finally:
             os.sched_setaffinity(0, mask)
             if split and self.nsd is not None and self.nsd.proc.alive():
                 pin_tree(self.nsd.proc.pid, mask)
 
-    def _logging_rounds(self, client: set[int], server: set[int]) -> None:
+    def _logging_rounds(self, client: set[int], server: set[int], writer: set[int]) -> None:
         a = self.args
         arms = (*LOG_ARMS, LOG_CONTROL) if a.logging_control else LOG_ARMS
         for rep in range(1, a.logging_repeat + 1):
@@ -524,11 +523,7 @@ class Bench:
                     name=f"safenest-log-{suffix}",
                     policy=not a.no_policy,
                     env={"SAFENEST_QUERYLOG_PRIVACY": level}
-                    | (
-                        {"SAFENEST_QUERYLOG_WRITER_CPUS": cpu_list(self.writer_cpus)}
-                        if self.writer_cpus
-                        else {}
-                    ),
+                    | ({"SAFENEST_QUERYLOG_WRITER_CPUS": cpu_list(writer)} if writer else {}),
                     metrics=True,
                 )
                 why = peer.available()
